@@ -1,0 +1,61 @@
+"""What a run records (counts, latencies, lock waits, the ledger of committed steps), the
+percentiles computed from it, and process memory figures."""
+
+from __future__ import annotations
+
+import math
+import resource
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .checker import Ledger
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Filled by the driver while it runs one system."""
+
+    duration: float = 0.0  # the timed window, seconds
+    elapsed: float = 0.0  # until the last in-flight turn drained
+    steps_in_window: int = 0  # steps committed before the deadline (the rate's numerator)
+    turns_in_window: int = 0
+    steps_committed: int = 0  # all steps committed, drain included
+    turns_committed: int = 0
+    turns_started: int = 0
+    double_submits: int = 0  # turns sent twice
+    duplicates_refused: int = 0  # begin_turn answered Duplicate
+    busy_refused: int = 0  # begin_turn raised TurnRefused
+    interrupts: Counter[str] = field(default_factory=Counter)  # by where the cancel landed
+    errors: Counter[str] = field(default_factory=Counter)  # by exception type
+    step_ms: list[float] = field(default_factory=list)  # step-commit latency
+    ledger: Ledger = field(default_factory=Ledger)
+
+    def rate(self, count: int) -> float:
+        return count / self.duration if self.duration > 0 else 0.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in 0..100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (``ru_maxrss``, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    """This process's resident set size now (Linux ``/proc/self/statm``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except OSError:
+        return 0.0
+    return pages * resource.getpagesize() / (1024.0 * 1024.0)

@@ -1,0 +1,151 @@
+-- Every query turnstore runs on PostgreSQL, by name. Parameters are :named.
+-- Write queries run inside a transaction that holds the conversation's advisory lock
+-- (lock_conversation), so they see and change one conversation at a time.
+
+-- name: lock_conversation
+SELECT pg_advisory_xact_lock(:lock_key);
+
+-- name: ensure_conversation
+INSERT INTO turnstore_conversations (id) VALUES (:conversation_id) ON CONFLICT (id) DO NOTHING;
+
+-- name: turn_by_key
+SELECT id, status, epoch, content_hash FROM turnstore_turns
+ WHERE conversation_id = :conversation_id AND idempotency_key = :idempotency_key;
+
+-- name: recent_turn_with_content
+SELECT id, status, epoch, content_hash FROM turnstore_turns
+ WHERE conversation_id = :conversation_id AND content_hash = :content_hash
+   AND idempotency_key IS NULL
+   AND (status IN ('queued', 'running')
+        OR (status <> 'refused' AND ended_at > now() - make_interval(secs => :window)))
+ ORDER BY created_at DESC LIMIT 1;
+
+-- name: expire_stale_turns
+UPDATE turnstore_turns
+   SET status = CASE status WHEN 'running' THEN 'expired' ELSE 'refused' END,
+       ended_at = now(),
+       error = coalesce(error, 'lease expired: its owner stopped renewing it')
+ WHERE conversation_id = :conversation_id AND status IN ('queued', 'running')
+   AND lease_expires_at < now()
+RETURNING id, status, epoch, steps;
+
+-- name: queue_head
+SELECT id, status FROM turnstore_turns
+ WHERE conversation_id = :conversation_id AND status IN ('queued', 'running')
+ ORDER BY status = 'running' DESC, created_at, id LIMIT 1;
+
+-- name: bump_epoch
+UPDATE turnstore_conversations SET epoch = epoch + 1 WHERE id = :conversation_id
+RETURNING epoch;
+
+-- name: insert_turn
+INSERT INTO turnstore_turns
+    (id, conversation_id, idempotency_key, content_hash, status, epoch, lease_owner,
+     lease_expires_at, created_at, started_at)
+VALUES (:turn_id, :conversation_id, :idempotency_key, :content_hash, :status, :epoch,
+        :owner, now() + make_interval(secs => :lease_seconds), clock_timestamp(),
+        CASE WHEN :status = 'running' THEN clock_timestamp() END);
+
+-- name: promote_turn
+UPDATE turnstore_turns
+   SET status = 'running', epoch = :epoch, started_at = now(), lease_owner = :owner,
+       lease_expires_at = now() + make_interval(secs => :lease_seconds)
+ WHERE id = :turn_id AND status = 'queued';
+
+-- name: requeue_turn
+UPDATE turnstore_turns
+   SET status = 'queued', ended_at = NULL, error = NULL, lease_owner = :owner,
+       lease_expires_at = now() + make_interval(secs => :lease_seconds),
+       created_at = clock_timestamp()
+ WHERE id = :turn_id AND status = 'refused';
+
+-- name: refresh_queued_turn
+UPDATE turnstore_turns
+   SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
+ WHERE id = :turn_id AND status = 'queued';
+
+-- name: refuse_queued_turn
+UPDATE turnstore_turns SET status = 'refused', ended_at = now(), error = :error
+ WHERE id = :turn_id AND status = 'queued';
+
+-- name: next_position
+SELECT coalesce(max(position), -1) + 1 FROM turnstore_messages
+ WHERE conversation_id = :conversation_id;
+
+-- name: insert_message
+INSERT INTO turnstore_messages
+    (conversation_id, position, role, turn_id, step, step_position, tool_call_count,
+     content, tool_call_id, tool_name, tool_arguments, tool_call_data, is_error)
+VALUES (:conversation_id, :position, :role, :turn_id, :step, :step_position,
+        :tool_call_count, CAST(CAST(:content AS text) AS jsonb), :tool_call_id, :tool_name,
+        CAST(CAST(:tool_arguments AS text) AS jsonb),
+        CAST(CAST(:tool_call_data AS text) AS jsonb), :is_error);
+
+-- name: fence_step
+UPDATE turnstore_turns
+   SET steps = :step, lease_expires_at = now() + make_interval(secs => :lease_seconds)
+ WHERE id = :turn_id AND epoch = :epoch AND status = 'running' AND steps = :step - 1;
+
+-- name: heartbeat
+UPDATE turnstore_turns
+   SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
+ WHERE id = :turn_id AND epoch = :epoch AND status = 'running';
+
+-- name: end_turn
+UPDATE turnstore_turns SET status = :status, error = :error, ended_at = now()
+ WHERE id = :turn_id AND epoch = :epoch AND status = 'running';
+
+-- name: turn_state
+SELECT status, steps, epoch FROM turnstore_turns WHERE id = :turn_id;
+
+-- name: turn_info
+SELECT id, conversation_id, idempotency_key, status, steps, error,
+       created_at, started_at, ended_at
+  FROM turnstore_turns WHERE id = :turn_id;
+
+-- name: stage_step
+INSERT INTO turnstore_staged_steps (turn_id, step, payload)
+VALUES (:turn_id, :step, CAST(CAST(:payload AS text) AS jsonb))
+ON CONFLICT (turn_id, step) DO UPDATE SET payload = excluded.payload, updated_at = now();
+
+-- name: staged_step
+SELECT payload FROM turnstore_staged_steps WHERE turn_id = :turn_id AND step = :step;
+
+-- name: drop_staged_steps
+DELETE FROM turnstore_staged_steps WHERE turn_id = :turn_id;
+
+-- name: window_start
+SELECT step_position FROM turnstore_messages
+ WHERE conversation_id = :conversation_id
+   AND position = (SELECT max(position) FROM turnstore_messages
+                    WHERE conversation_id = :conversation_id) - :last + 1;
+
+-- name: history
+SELECT position, role, turn_id, step, tool_call_count, content, tool_call_id, tool_name,
+       tool_arguments, tool_call_data, is_error, created_at
+  FROM turnstore_messages
+ WHERE conversation_id = :conversation_id AND position >= :from_position
+ ORDER BY position;
+
+-- name: set_turn_steps
+UPDATE turnstore_turns SET steps = :step WHERE id = :turn_id;
+
+-- The invariant checker reads the tables directly, independently of the write path.
+
+-- name: check_messages
+SELECT conversation_id, position, role, turn_id, step, step_position, tool_call_count,
+       tool_call_id
+  FROM turnstore_messages
+ ORDER BY conversation_id, position;
+
+-- name: check_turns
+SELECT id, conversation_id, idempotency_key, status, steps FROM turnstore_turns
+ ORDER BY conversation_id, created_at, id;
+
+-- name: turns_by_status
+SELECT status, count(*) AS n FROM turnstore_turns GROUP BY status;
+
+-- name: steps_and_interrupted_calls
+SELECT (SELECT count(*) FROM turnstore_messages WHERE role = 'assistant') AS steps,
+       (SELECT count(*) FROM turnstore_messages
+         WHERE role = 'tool' AND is_error AND content::text LIKE '%interrupted:%') AS interrupted_calls;

@@ -1,0 +1,45 @@
+"""turnstore: a transactional conversation store for LLM agent runtimes.
+
+A step (an assistant message with its tool calls and one result per call) commits
+atomically; one turn runs at a time per conversation; repeated submits are idempotent;
+the database itself refuses a tool result without its call or a call without its result.
+"""
+
+from .errors import (
+    ConversationBusy,
+    DuplicateTurnWrite,
+    IntegrityViolation,
+    InvalidMessage,
+    LeaseLost,
+    SchemaError,
+    StoreError,
+    TurnFinished,
+    TurnNotFound,
+)
+from .messages import AssistantMessage, Limits, StoredMessage, ToolCall, ToolResult
+from .store import DEFAULT_URL, Store, StoreConfig, TurnInfo
+from .turn import StepBuffer, Turn, TurnOutcome
+
+__all__ = [
+    "DEFAULT_URL",
+    "AssistantMessage",
+    "ConversationBusy",
+    "DuplicateTurnWrite",
+    "IntegrityViolation",
+    "InvalidMessage",
+    "LeaseLost",
+    "Limits",
+    "SchemaError",
+    "StepBuffer",
+    "Store",
+    "StoreConfig",
+    "StoreError",
+    "StoredMessage",
+    "ToolCall",
+    "ToolResult",
+    "Turn",
+    "TurnFinished",
+    "TurnInfo",
+    "TurnNotFound",
+    "TurnOutcome",
+]

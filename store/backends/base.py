@@ -1,0 +1,213 @@
+"""What every backend offers the store. A backend holds only what differs between
+databases: how a write transaction serialises one conversation, the SQL dialect (its
+``schema/<dialect>/`` files), the hot-path step commit, and how driver errors map to ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import TextClause
+
+from .. import sql
+from ..errors import IntegrityViolation
+from ..messages import EncodedStep
+
+
+def lock_key(namespace: str, conversation_id: str) -> int:
+    """A stable signed 64-bit key for one conversation: SHA-256 of a namespaced name.
+    Stable across processes, hosts and Python versions (unlike ``hash()``)."""
+    digest = hashlib.sha256(f"turnstore\x00{namespace}\x00{conversation_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class Tx:
+    """A transaction on one connection that runs the dialect's named queries."""
+
+    def __init__(self, conn: AsyncConnection, statements: Mapping[str, TextClause]) -> None:
+        self.conn = conn
+        self._statements = statements
+
+    async def all(self, name: str, **params: Any) -> Sequence[Row[Any]]:
+        return (await self.conn.execute(self._statements[name], params)).all()
+
+    async def one(self, name: str, **params: Any) -> Row[Any] | None:
+        return (await self.conn.execute(self._statements[name], params)).first()
+
+    async def scalar(self, name: str, **params: Any) -> Any:
+        return (await self.conn.execute(self._statements[name], params)).scalar()
+
+    async def run(self, name: str, **params: Any) -> int:
+        """Run a write; return the number of rows it touched."""
+        return (await self.conn.execute(self._statements[name], params)).rowcount
+
+    async def run_many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            await self.conn.execute(self._statements[name], list(rows))
+
+
+@dataclass(frozen=True, slots=True)
+class StepWrite:
+    """One validated step, ready to insert at ``position`` (the assistant message) and
+    ``position + 1 ...`` (one tool row per call, in call order)."""
+
+    lock_key: int
+    conversation_id: str
+    turn_id: str
+    epoch: int
+    lease_seconds: float
+    step: int
+    position: int
+    content_json: str
+    call_ids: Sequence[str]
+    tool_names: Sequence[str]
+    arguments_json: Sequence[str]
+    call_data_json: Sequence[str | None]
+    results_json: Sequence[str]
+    is_error: Sequence[bool]
+
+    @classmethod
+    def of(
+        cls,
+        encoded: EncodedStep,
+        *,
+        lock_key: int,
+        conversation_id: str,
+        turn_id: str,
+        epoch: int,
+        lease_seconds: float,
+        step: int,
+        position: int,
+    ) -> StepWrite:
+        calls = encoded.calls
+        return cls(
+            lock_key=lock_key,
+            conversation_id=conversation_id,
+            turn_id=turn_id,
+            epoch=epoch,
+            lease_seconds=lease_seconds,
+            step=step,
+            position=position,
+            content_json=encoded.content_json,
+            call_ids=[c.id for c in calls],
+            tool_names=[c.name for c in calls],
+            arguments_json=[c.arguments_json for c in calls],
+            call_data_json=[c.provider_data_json for c in calls],
+            results_json=[r.content_json for r in encoded.results],
+            is_error=[r.is_error for r in encoded.results],
+        )
+
+    def message_rows(self) -> list[dict[str, Any]]:
+        """The rows of this step in the shape of the ``insert_message`` query."""
+        calls = len(self.call_ids)
+        common = {
+            "conversation_id": self.conversation_id,
+            "turn_id": self.turn_id,
+            "step": self.step,
+            "step_position": self.position,
+            "tool_call_count": calls,
+        }
+        rows = [
+            {
+                **common,
+                "position": self.position,
+                "role": "assistant",
+                "content": self.content_json,
+                "tool_call_id": None,
+                "tool_name": None,
+                "tool_arguments": None,
+                "tool_call_data": None,
+                "is_error": False,
+            }
+        ]
+        for i in range(calls):
+            rows.append(
+                {
+                    **common,
+                    "position": self.position + 1 + i,
+                    "role": "tool",
+                    "content": self.results_json[i],
+                    "tool_call_id": self.call_ids[i],
+                    "tool_name": self.tool_names[i],
+                    "tool_arguments": self.arguments_json[i],
+                    "tool_call_data": self.call_data_json[i],
+                    "is_error": self.is_error[i],
+                }
+            )
+        return rows
+
+
+async def commit_step_in(tx: Tx, step: StepWrite) -> str | None:
+    """Commit a step inside an open write transaction: check the turn's fencing token,
+    then insert. Returns None, or ``'<status>:<steps>'`` having written nothing."""
+    touched = await tx.run(
+        "fence_step",
+        turn_id=step.turn_id,
+        epoch=step.epoch,
+        step=step.step,
+        lease_seconds=step.lease_seconds,
+    )
+    if touched != 1:
+        state = await tx.one("turn_state", turn_id=step.turn_id)
+        return f"{state.status}:{state.steps}" if state else "missing:-1"
+    await tx.run_many("insert_message", step.message_rows())
+    return None
+
+
+class Backend(ABC):
+    """The database-specific half of the store."""
+
+    dialect: str
+
+    def __init__(self, engine: AsyncEngine, namespace: str) -> None:
+        self.engine = engine
+        self.namespace = namespace
+        self.statements = {name: text(q) for name, q in sql.queries(self.dialect).items()}
+
+    def lock_key(self, conversation_id: str) -> int:
+        return lock_key(self.namespace, conversation_id)
+
+    @abstractmethod
+    def write(self, conversation_id: str) -> Any:
+        """``async with backend.write(conversation_id) as tx``: a transaction that holds
+        the conversation exclusively until it commits (or rolls back on error)."""
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        async with self.engine.connect() as conn:
+            yield Tx(conn, self.statements)
+
+    async def commit_step(self, step: StepWrite) -> str | None:
+        """Commit one step if the turn still holds its lease. Returns None on success,
+        else ``'<status>:<steps>'`` of the turn, having written nothing."""
+        async with self.write(step.conversation_id) as tx:
+            return await commit_step_in(tx, step)
+
+    @abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply the missing migrations in order, under a lock; return the versions applied."""
+
+    @abstractmethod
+    async def applied_versions(self) -> list[int]:
+        """The migration versions recorded in the database (empty if none)."""
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        """True when the outcome of a write is unknown because the connection broke."""
+        return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+    def translate(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, IntegrityError):
+            return IntegrityViolation(f"the database refused the write: {exc.orig}")
+        return exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,135 @@
+"""PostgreSQL through asyncpg: transaction-level advisory locks serialise a conversation's
+writes, and a step commits in one round trip through ``turnstore_commit_step``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .. import sql
+from .base import Backend, StepWrite, Tx, lock_key
+
+_COMMIT_STEP = (
+    "SELECT turnstore_commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+)
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS turnstore_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+def create_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngine:
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
+    )
+
+
+class PostgresBackend(Backend):
+    dialect = "postgres"
+
+    def __init__(self, engine: AsyncEngine, schema: str | None) -> None:
+        super().__init__(engine, namespace=schema or "public")
+        self.schema = schema
+
+    @asynccontextmanager
+    async def write(self, conversation_id: str) -> AsyncIterator[Tx]:
+        async with self.engine.begin() as conn:
+            tx = Tx(conn, self.statements)
+            await tx.scalar("lock_conversation", lock_key=self.lock_key(conversation_id))
+            yield tx
+
+    async def commit_step(self, step: StepWrite) -> str | None:
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+            # Autocommit: the function call is the whole transaction, one round trip.
+            return await driver.fetchval(
+                _COMMIT_STEP,
+                step.lock_key,
+                step.conversation_id,
+                step.turn_id,
+                step.epoch,
+                step.lease_seconds,
+                step.step,
+                step.position,
+                step.content_json,
+                step.call_ids,
+                step.tool_names,
+                step.arguments_json,
+                step.call_data_json,
+                step.results_json,
+                step.is_error,
+            )
+
+    async def _driver(self, conn: Any) -> asyncpg.Connection:
+        raw = await conn.get_raw_connection()
+        return raw.driver_connection  # type: ignore[no-any-return]
+
+    async def applied_versions(self) -> list[int]:
+        async with self.engine.connect() as conn:
+            exists = await conn.scalar(text("SELECT to_regclass('turnstore_migrations')"))
+            if exists is None:
+                return []
+            rows = await conn.execute(text("SELECT version FROM turnstore_migrations"))
+            return sorted(r[0] for r in rows)
+
+    async def migrate(self) -> list[int]:
+        applied: list[int] = []
+        async with self.engine.connect() as conn:
+            driver = await self._driver(conn)
+            async with driver.transaction():
+                # One migrator at a time, across processes and hosts.
+                await driver.execute(
+                    "SELECT pg_advisory_xact_lock($1)", lock_key(self.namespace, "migrations")
+                )
+                if self.schema is not None:
+                    await driver.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await driver.execute(_MIGRATIONS_TABLE)
+                done = {r[0] for r in await driver.fetch("SELECT version FROM turnstore_migrations")}
+                for migration in sql.migrations(self.dialect):
+                    if migration.version in done:
+                        continue
+                    await driver.execute(migration.sql)
+                    await driver.execute(
+                        "INSERT INTO turnstore_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+                    applied.append(migration.version)
+        return applied
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+            return True
+        if isinstance(exc, ConnectionError | OSError):
+            return True
+        return super().is_connection_error(exc)
+
+    def translate(self, exc: BaseException) -> BaseException:
+        from ..errors import IntegrityViolation
+
+        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+            return IntegrityViolation(f"the database refused the write: {exc}")
+        return super().translate(exc)
+
+
+def postgres_url(url: str | URL) -> URL:
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed

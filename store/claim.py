@@ -1,0 +1,305 @@
+"""Beginning a turn: idempotency, the fair wait queue, lease takeover and recovery.
+
+Every decision is taken inside one short write transaction that holds the conversation
+(advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite):
+
+1. a repeated idempotency key (or, for keyless submits, the same message while its turn
+   runs or within the duplicate window) returns the first turn: no new turn, no message;
+2. running turns whose lease expired are taken over: marked ``expired``, and the step they
+   had checkpointed is committed with "interrupted" results for its unanswered calls;
+3. if no turn runs and nobody queued earlier, the turn is claimed: the conversation's
+   epoch (the fencing token) is bumped and the user message written, all in that
+   transaction; otherwise the submit queues (``on_busy="wait"``) or is refused at once.
+
+A queued submit polls (woken early by turns that end in this process) until it is the
+oldest live waiter and the conversation is free, refreshing its own lease meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+
+from .backends.base import StepWrite, Tx
+from .errors import ConversationBusy, InvalidMessage
+from .messages import (
+    INTERRUPTED,
+    AssistantMessage,
+    Content,
+    ToolCall,
+    ToolResult,
+    check_identifier,
+    encode_step,
+    encode_user_message,
+)
+from .turn import Turn
+
+if TYPE_CHECKING:
+    from .store import Store
+
+OnBusy = Literal["wait", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    conversation_id: str
+    content_json: str
+    content_hash: str
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    turn_id: str
+    epoch: int
+    next_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    turn_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    turn_id: str
+
+
+class Busy:
+    pass
+
+
+Decision = Claimed | Duplicate | Queued | Busy
+
+
+async def begin_turn(
+    store: Store,
+    conversation_id: str,
+    user_message: Content,
+    *,
+    idempotency_key: str | None,
+    on_busy: OnBusy,
+    timeout: float | None,
+) -> Turn:
+    limits = store.limits
+    check_identifier(conversation_id, "conversation id", limits.max_id_length)
+    if idempotency_key is not None:
+        check_identifier(idempotency_key, "idempotency key", limits.max_id_length)
+    if on_busy not in ("wait", "fail"):
+        raise InvalidMessage(f"on_busy must be 'wait' or 'fail', got {on_busy!r}")
+    content_json = encode_user_message(user_message, limits)
+    submit = Submit(
+        conversation_id,
+        content_json,
+        hashlib.sha256(content_json.encode()).hexdigest(),
+        idempotency_key,
+    )
+    timeout = store.config.busy_timeout if timeout is None else timeout
+    started = anyio.current_time()
+
+    decision = await _decide(store, submit, f"turn_{uuid.uuid4().hex}", on_busy, first=True)
+    if isinstance(decision, Queued):
+        decision = await _wait_in_queue(store, submit, decision.turn_id, started + timeout)
+    if isinstance(decision, Busy):
+        raise ConversationBusy(conversation_id, waited=anyio.current_time() - started)
+    if isinstance(decision, Duplicate):
+        return Turn(
+            store,
+            turn_id=decision.turn_id,
+            conversation_id=conversation_id,
+            duplicate=True,
+            status=decision.status,
+        )
+    assert isinstance(decision, Claimed)
+    return Turn(
+        store,
+        turn_id=decision.turn_id,
+        conversation_id=conversation_id,
+        duplicate=False,
+        epoch=decision.epoch,
+        next_position=decision.next_position,
+    )
+
+
+async def _decide(
+    store: Store, submit: Submit, turn_id: str, on_busy: OnBusy, *, first: bool
+) -> Decision:
+    with anyio.CancelScope(shield=True):
+        async with store.backend.write(submit.conversation_id) as tx:
+            return await _decide_in(store, tx, submit, turn_id, on_busy, first=first)
+
+
+async def _decide_in(
+    store: Store, tx: Tx, submit: Submit, turn_id: str, on_busy: OnBusy, *, first: bool
+) -> Decision:
+    cid = submit.conversation_id
+    lease = store.config.lease_seconds
+    requeue = False
+    if first:
+        await tx.run("ensure_conversation", conversation_id=cid)
+        earlier = await _earlier_submit(store, tx, submit)
+        if earlier is not None:
+            if earlier.status != "refused":
+                return Duplicate(earlier.id, earlier.status)
+            # The earlier submit gave up waiting and wrote nothing: this one retries it.
+            turn_id, requeue = earlier.id, True
+
+    await recover_expired(store, tx, cid)
+    head = await tx.one("queue_head", conversation_id=cid)
+    free = head is None or (head.id == turn_id and head.status == "queued")
+    if not free:
+        if on_busy == "fail" and first:
+            return Busy()
+        if first:
+            if requeue:
+                await tx.run("requeue_turn", turn_id=turn_id, owner=store.owner,
+                             lease_seconds=lease)
+            else:
+                await _insert_turn(tx, store, submit, turn_id, "queued", 0)
+            return Queued(turn_id)
+        touched = await tx.run("refresh_queued_turn", turn_id=turn_id, lease_seconds=lease)
+        return Queued(turn_id) if touched else Busy()
+
+    epoch = await tx.scalar("bump_epoch", conversation_id=cid)
+    if first and not requeue:
+        await _insert_turn(tx, store, submit, turn_id, "running", epoch)
+    else:
+        if requeue:
+            await tx.run("requeue_turn", turn_id=turn_id, owner=store.owner, lease_seconds=lease)
+        await tx.run(
+            "promote_turn", turn_id=turn_id, epoch=epoch, owner=store.owner, lease_seconds=lease
+        )
+    position = await tx.scalar("next_position", conversation_id=cid)
+    await tx.run(
+        "insert_message",
+        conversation_id=cid,
+        position=position,
+        role="user",
+        turn_id=turn_id,
+        step=0,
+        step_position=position,
+        tool_call_count=0,
+        content=submit.content_json,
+        tool_call_id=None,
+        tool_name=None,
+        tool_arguments=None,
+        tool_call_data=None,
+        is_error=False,
+    )
+    return Claimed(turn_id, epoch, position + 1)
+
+
+async def _earlier_submit(store: Store, tx: Tx, submit: Submit) -> Any:
+    if submit.idempotency_key is not None:
+        row = await tx.one(
+            "turn_by_key", conversation_id=submit.conversation_id,
+            idempotency_key=submit.idempotency_key,
+        )
+        if row is not None and row.content_hash != submit.content_hash:
+            raise InvalidMessage(
+                f"idempotency key {submit.idempotency_key!r} was already used in this "
+                "conversation for a different message"
+            )
+        return row
+    window = store.config.duplicate_window_seconds
+    if not window:
+        return None
+    return await tx.one(
+        "recent_turn_with_content",
+        conversation_id=submit.conversation_id,
+        content_hash=submit.content_hash,
+        window=window,
+    )
+
+
+async def _insert_turn(
+    tx: Tx, store: Store, submit: Submit, turn_id: str, status: str, epoch: int
+) -> None:
+    await tx.run(
+        "insert_turn",
+        turn_id=turn_id,
+        conversation_id=submit.conversation_id,
+        idempotency_key=submit.idempotency_key,
+        content_hash=submit.content_hash,
+        status=status,
+        epoch=epoch,
+        owner=store.owner,
+        lease_seconds=store.config.lease_seconds,
+    )
+
+
+async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: float) -> Decision:
+    cid = submit.conversation_id
+    delay = store.config.poll_min_seconds
+    try:
+        while True:
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            with anyio.move_on_after(min(delay, remaining)):
+                await store.conversation_freed(cid)
+            decision = await _decide(store, submit, turn_id, "wait", first=False)
+            if not isinstance(decision, Queued):
+                return decision
+            delay = min(delay * 2, store.config.poll_max_seconds)
+    except BaseException:
+        await _give_up(store, cid, turn_id, "the submitter stopped waiting")
+        raise
+    await _give_up(store, cid, turn_id, "timed out waiting for the conversation")
+    return Busy()
+
+
+async def _give_up(store: Store, conversation_id: str, turn_id: str, why: str) -> None:
+    with anyio.CancelScope(shield=True):
+        async with store.backend.write(conversation_id) as tx:
+            await tx.run("refuse_queued_turn", turn_id=turn_id, error=why)
+    store.turn_ended(conversation_id, turn_id)
+
+
+async def recover_expired(store: Store, tx: Tx, conversation_id: str) -> list[str]:
+    """Take over turns whose lease expired. A running one's checkpointed step is committed,
+    its unanswered calls closed as interrupted. Returns the ids of the turns taken over."""
+    taken = []
+    for row in await tx.all("expire_stale_turns", conversation_id=conversation_id):
+        if row.status != "expired":
+            continue  # a queued waiter that vanished: nothing to recover
+        taken.append(row.id)
+        step = row.steps + 1
+        payload = await tx.scalar("staged_step", turn_id=row.id, step=step)
+        if payload is not None:
+            staged = json.loads(payload) if isinstance(payload, str) else payload
+            message = AssistantMessage(
+                staged["content"],
+                tuple(
+                    ToolCall(c["id"], c["name"], c["arguments"], c["provider_data"])
+                    for c in staged["calls"]
+                ),
+            )
+            answered = {r["call_id"] for r in staged["results"]}
+            results = [
+                ToolResult(r["call_id"], r["content"], r["is_error"]) for r in staged["results"]
+            ] + [
+                ToolResult(c.id, INTERRUPTED, is_error=True)
+                for c in message.tool_calls
+                if c.id not in answered
+            ]
+            write = StepWrite.of(
+                encode_step(message, results, store.limits),
+                lock_key=0,  # the caller's transaction already holds the conversation
+                conversation_id=conversation_id,
+                turn_id=row.id,
+                epoch=row.epoch,
+                lease_seconds=0,
+                step=step,
+                position=await tx.scalar("next_position", conversation_id=conversation_id),
+            )
+            await tx.run_many("insert_message", write.message_rows())
+            await tx.run("set_turn_steps", turn_id=row.id, step=step)
+        await tx.run("drop_staged_steps", turn_id=row.id)
+    return taken

@@ -1,0 +1,58 @@
+"""Typed errors. Each one says what happened and what the caller should do."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class InvalidMessage(StoreError, ValueError):
+    """The input was refused before anything was written. Fix the input and retry."""
+
+
+class ConversationBusy(StoreError):
+    """Another turn holds the conversation.
+
+    Raised at once with ``on_busy="fail"``, or when ``timeout`` ran out while waiting.
+    Retry later, or submit with ``on_busy="wait"`` and a longer ``timeout``.
+    """
+
+    def __init__(self, conversation_id: str, *, waited: float = 0.0) -> None:
+        self.conversation_id = conversation_id
+        self.waited = waited
+        how = f" after waiting {waited:.2f}s" if waited else ""
+        super().__init__(
+            f"conversation {conversation_id!r} is busy with another turn{how}; "
+            "retry later or wait with a longer timeout"
+        )
+
+
+class LeaseLost(StoreError):
+    """This turn no longer owns its conversation: its lease expired and another turn took
+    over (or the turn was ended elsewhere). Nothing was written. Stop the agent loop; the
+    conversation's history is intact and the new turn carries on from it."""
+
+
+class TurnFinished(StoreError):
+    """The turn has already ended (finished, failed, interrupted or taken over); it accepts
+    no more writes. Begin a new turn."""
+
+
+class DuplicateTurnWrite(TurnFinished):
+    """This handle is a duplicate submit of a turn that another caller owns: it can
+    ``wait()`` for the outcome but cannot write."""
+
+
+class TurnNotFound(StoreError):
+    """No turn with that id exists."""
+
+
+class SchemaError(StoreError):
+    """The database schema is missing, older or newer than this library expects.
+    Run ``python -m store migrate --db URL`` (or ``await store.migrate()``)."""
+
+
+class IntegrityViolation(StoreError):
+    """The database refused a write because it would break an invariant (pairing, dense
+    positions, one running turn). The write was rolled back; nothing was committed."""

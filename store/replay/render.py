@@ -1,0 +1,52 @@
+"""Small helpers the provider formats share: JSON text, image URLs, tool-result text."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .model import ImagePart, JsonPart, ResultPart, TextPart
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON, UTF-8 kept readable."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def arguments_json(arguments: Mapping[str, Any]) -> str:
+    """Tool-call arguments as the JSON string OpenAI's formats want."""
+    return json_text(dict(arguments))
+
+
+def image_url(image: ImagePart) -> str:
+    """The image as a URL: its own, or a base64 ``data:`` URL."""
+    if image.url:
+        return image.url
+    return f"data:{image.mime_type or 'application/octet-stream'};base64,{image.data or ''}"
+
+
+def image_placeholder(image: ImagePart) -> str:
+    return f"[image: {image.mime_type or image.url or 'unknown'}]"
+
+
+def texts(parts: Iterable[Any]) -> list[str]:
+    """The non-blank text of ``parts``, one string per part."""
+    return [p.text for p in parts if isinstance(p, TextPart) and p.text.strip()]
+
+
+def part_text(part: ResultPart) -> str:
+    if isinstance(part, TextPart):
+        return part.text
+    if isinstance(part, JsonPart):
+        return part.value if isinstance(part.value, str) else json_text(part.value)
+    return image_placeholder(part)
+
+
+def result_text(content: tuple[ResultPart, ...], is_error: bool) -> str:
+    """A tool result as one string, for formats whose results are strings. An error is
+    marked as such, since those formats have no error flag."""
+    text = "\n".join(part_text(p) for p in content)
+    if is_error and not text.lower().startswith(("error", "interrupted")):
+        return f"Error: {text}" if text else "Error"
+    return text

@@ -1,0 +1,302 @@
+"""The facade: open a store, migrate it, begin turns, read history."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Generator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import anyio
+from sqlalchemy.engine import URL, make_url
+
+from . import claim
+from .backends.base import Backend
+from .errors import SchemaError, TurnNotFound
+from .history import as_datetime, read_history
+from .messages import Content, Limits, StoredMessage
+from .turn import TERMINAL, Turn, TurnOutcome
+
+DEFAULT_URL = "sqlite+aiosqlite:///./conversations.db"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Behaviour under contention and failure. The defaults suit an interactive agent."""
+
+    lease_seconds: float = 30.0
+    """How long a turn owns its conversation without a sign of life (a committed step or a
+    heartbeat). After that another submit may take the conversation over."""
+    heartbeat_seconds: float | None = None
+    """How often ``async with turn`` renews the lease; default a third of the lease."""
+    busy_timeout: float = 30.0
+    """How long ``begin_turn(on_busy="wait")`` waits for a busy conversation by default."""
+    duplicate_window_seconds: float = 10.0
+    """Keyless submits: the same user message while its turn runs, or this many seconds
+    after it ended, is the same submit. 0 turns keyless de-duplication off."""
+    poll_min_seconds: float = 0.005
+    poll_max_seconds: float = 0.1
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_seconds is None:
+            object.__setattr__(self, "heartbeat_seconds", self.lease_seconds / 3)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInfo:
+    id: str
+    conversation_id: str
+    idempotency_key: str | None
+    status: str
+    steps: int
+    error: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+class Store:
+    """A conversation store on PostgreSQL (``postgresql+asyncpg://...``) or SQLite
+    (``sqlite+aiosqlite:///path``). Open it with ``await Store.open(url)`` or
+    ``async with Store.open(url) as store``."""
+
+    def __init__(self, backend: Backend, config: StoreConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.limits = config.limits
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._freed: dict[str, anyio.Event] = {}
+        self._ended: dict[str, anyio.Event] = {}
+
+    @staticmethod
+    def open(
+        url: str | URL = DEFAULT_URL,
+        *,
+        migrate: bool = True,
+        schema: str | None = None,
+        pool_size: int = 10,
+        config: StoreConfig | None = None,
+        sqlite_busy_timeout: float = 30.0,
+        sqlite_synchronous: str = "FULL",
+    ) -> _Opening:
+        """Open a store. ``migrate`` applies missing migrations first (safe when several
+        processes start at once). ``schema`` (PostgreSQL) keeps the tables in that schema.
+        ``sqlite_synchronous`` is FULL by default: a committed step survives power loss."""
+        return _Opening(
+            url,
+            migrate=migrate,
+            schema=schema,
+            pool_size=pool_size,
+            config=config or StoreConfig(),
+            sqlite_busy_timeout=sqlite_busy_timeout,
+            sqlite_synchronous=sqlite_synchronous,
+        )
+
+    async def migrate(self) -> list[int]:
+        """Apply missing migrations in order; return the versions applied."""
+        return await self.backend.migrate()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- turns --------------------------------------------------------------------------
+
+    async def begin_turn(
+        self,
+        conversation_id: str,
+        user_message: Content,
+        *,
+        idempotency_key: str | None = None,
+        on_busy: claim.OnBusy = "wait",
+        timeout: float | None = None,
+    ) -> Turn:
+        """Claim the conversation and write the user message, in one transaction.
+
+        If another turn holds the conversation, wait in a fair queue for up to ``timeout``
+        seconds (default ``StoreConfig.busy_timeout``), or with ``on_busy="fail"`` raise
+        ``ConversationBusy`` at once. A repeated ``idempotency_key`` (or, without a key, the
+        same message within the duplicate window) returns a handle on the first submit's
+        turn with ``duplicate=True``: nothing new is written.
+        """
+        return await claim.begin_turn(
+            self,
+            conversation_id,
+            user_message,
+            idempotency_key=idempotency_key,
+            on_busy=on_busy,
+            timeout=timeout,
+        )
+
+    @asynccontextmanager
+    async def turn(
+        self,
+        conversation_id: str,
+        user_message: Content,
+        *,
+        idempotency_key: str | None = None,
+        on_busy: claim.OnBusy = "wait",
+        timeout: float | None = None,
+    ) -> AsyncIterator[Turn]:
+        """``async with store.turn(...) as turn``: begin a turn, keep its lease alive while
+        the block runs, and end it when the block ends: finished if the block returns
+        (unless it ended the turn itself), interrupted if cancelled, failed if it raises."""
+        handle = await self.begin_turn(
+            conversation_id,
+            user_message,
+            idempotency_key=idempotency_key,
+            on_busy=on_busy,
+            timeout=timeout,
+        )
+        async with handle:
+            yield handle
+
+    async def turn_status(self, turn_id: str) -> TurnInfo:
+        async with self.backend.read() as tx:
+            row = await tx.one("turn_info", turn_id=turn_id)
+        if row is None:
+            raise TurnNotFound(f"no turn {turn_id!r}")
+        return TurnInfo(
+            id=row.id,
+            conversation_id=row.conversation_id,
+            idempotency_key=row.idempotency_key,
+            status=row.status,
+            steps=row.steps,
+            error=row.error,
+            created_at=as_datetime(row.created_at),
+            started_at=as_datetime(row.started_at),
+            ended_at=as_datetime(row.ended_at),
+        )
+
+    async def wait_for_turn(self, turn_id: str) -> TurnOutcome:
+        """Wait until a turn has ended; return its outcome."""
+        delay = self.config.poll_min_seconds
+        while True:
+            info = await self.turn_status(turn_id)
+            if info.status in TERMINAL:
+                return TurnOutcome(info.id, info.status, info.error, info.steps)
+            event = self._ended.setdefault(turn_id, anyio.Event())
+            with anyio.move_on_after(delay):
+                await event.wait()
+            delay = min(delay * 2, self.config.poll_max_seconds * 2)
+
+    async def history(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]:
+        """Committed messages in position order. ``last=N`` returns about the last N
+        messages, starting earlier if needed so that no step is cut in half."""
+        async with self.backend.read() as tx:
+            return await read_history(tx, conversation_id, last)
+
+    # --- in-process wake-ups (an optimisation; polling alone is correct) ------------------
+
+    async def conversation_freed(self, conversation_id: str) -> None:
+        await self._freed.setdefault(conversation_id, anyio.Event()).wait()
+
+    def turn_ended(self, conversation_id: str, turn_id: str) -> None:
+        event = self._freed.pop(conversation_id, None)
+        if event is not None:
+            event.set()
+        ended = self._ended.pop(turn_id, None)
+        if ended is not None:
+            ended.set()
+
+
+class _Opening:
+    """``Store.open(...)``: awaitable, and an async context manager that closes the store."""
+
+    def __init__(self, url: str | URL, **options: Any) -> None:
+        self._url = url
+        self._options = options
+        self._store: Store | None = None
+
+    def __await__(self) -> Generator[Any, None, Store]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Store:
+        self._store = await self._open()
+        return self._store
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+    async def _open(self) -> Store:
+        options = self._options
+        backend = make_backend(
+            self._url,
+            schema=options["schema"],
+            pool_size=options["pool_size"],
+            sqlite_busy_timeout=options["sqlite_busy_timeout"],
+            sqlite_synchronous=options["sqlite_synchronous"],
+        )
+        store = Store(backend, options["config"])
+        try:
+            if options["migrate"]:
+                await backend.migrate()
+            else:
+                await check_schema(backend)
+        except BaseException:
+            await backend.close()
+            raise
+        return store
+
+
+def make_backend(
+    url: str | URL,
+    *,
+    schema: str | None = None,
+    pool_size: int = 10,
+    sqlite_busy_timeout: float = 30.0,
+    sqlite_synchronous: str = "FULL",
+) -> Backend:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        from .backends import postgres
+
+        parsed = postgres.postgres_url(parsed)
+        engine = postgres.create_engine(parsed, schema, pool_size)
+        return postgres.PostgresBackend(engine, schema)
+    if parsed.get_backend_name() == "sqlite":
+        from .backends import sqlite
+
+        if schema is not None:
+            raise ValueError("schema= is for PostgreSQL; SQLite keeps one schema per file")
+        if parsed.drivername == "sqlite":
+            parsed = parsed.set(drivername="sqlite+aiosqlite")
+        if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+        engine = sqlite.create_engine(
+            parsed, sqlite_busy_timeout, sqlite_synchronous.upper(), pool_size
+        )
+        return sqlite.SqliteBackend(engine, namespace=parsed.database or "")
+    raise ValueError(
+        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use "
+        "postgresql+asyncpg://... or sqlite+aiosqlite:///path"
+    )
+
+
+async def check_schema(backend: Backend) -> None:
+    from . import sql
+
+    expected = [m.version for m in sql.migrations(backend.dialect)]
+    applied = await backend.applied_versions()
+    if applied != expected:
+        raise SchemaError(
+            f"the database has schema versions {applied}, this library needs {expected}; "
+            "run `python -m store migrate --db URL`"
+        )

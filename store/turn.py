@@ -1,0 +1,466 @@
+"""A turn in progress: commit steps, finish, fail, interrupt, keep the lease alive.
+
+Every write is one short transaction that checks the turn's fencing token (it is still the
+conversation's running turn, with the epoch it claimed) and is shielded from cancellation:
+once started it completes, so the caller always knows whether it landed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import anyio.abc
+
+from .backends.base import StepWrite, commit_step_in
+from .errors import (
+    DuplicateTurnWrite,
+    IntegrityViolation,
+    InvalidMessage,
+    LeaseLost,
+    TurnFinished,
+)
+from .messages import (
+    INTERRUPTED,
+    AssistantMessage,
+    Content,
+    EncodedStep,
+    ToolCall,
+    ToolResult,
+    encode_step,
+)
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger("turnstore")
+
+EndStatus = Literal["finished", "failed", "interrupted"]
+TERMINAL = frozenset({"finished", "failed", "interrupted", "expired", "refused"})
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOutcome:
+    turn_id: str
+    status: str
+    error: str | None
+    steps: int
+
+
+class Turn:
+    """A handle on one turn. Obtained from ``Store.begin_turn`` or ``Store.turn``.
+
+    ``duplicate`` is True when this submit repeated an earlier one (same idempotency key,
+    or the same message within the duplicate window): the handle can ``wait()`` for the
+    first submit's outcome but cannot write.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        turn_id: str,
+        conversation_id: str,
+        duplicate: bool,
+        epoch: int = 0,
+        next_position: int = 0,
+        status: str = "running",
+    ) -> None:
+        self._store = store
+        self.id = turn_id
+        self.conversation_id = conversation_id
+        self.duplicate = duplicate
+        self.epoch = epoch
+        self.status = status
+        self.steps = 0
+        self._next_position = next_position
+        self._call_ids: set[str] = set()
+        self._write_lock = anyio.Lock()
+        self._keepalive: anyio.abc.TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        kind = "duplicate of " if self.duplicate else ""
+        return f"<Turn {kind}{self.id} conversation={self.conversation_id!r} {self.status}>"
+
+    # --- writing ------------------------------------------------------------------------
+
+    async def commit_step(
+        self, message: AssistantMessage, results: Sequence[ToolResult] = ()
+    ) -> int:
+        """Commit one step atomically: ``message`` with its tool calls and exactly one result
+        per call. Returns the step number. Refuses bad input before writing anything."""
+        self._check_writable()
+        encoded = encode_step(
+            message, results, self._store.limits, known_call_ids=frozenset(self._call_ids)
+        )
+        return await self._commit(encoded)
+
+    def step(self) -> StepBuffer:
+        """``async with turn.step() as step:`` collect one model step event by event; it
+        commits when the block ends. If the block is cancelled or raises, whatever the step
+        produced is committed with an "interrupted" error result for each unanswered call,
+        and the turn ends interrupted (cancelled) or failed (exception)."""
+        self._check_writable()
+        return StepBuffer(self)
+
+    async def finish(self, final_message: AssistantMessage | str | None = None) -> None:
+        """End the turn successfully, committing ``final_message`` (a last assistant message,
+        usually without tool calls) in the same transaction."""
+        self._check_writable()
+        encoded = None
+        if final_message is not None:
+            if isinstance(final_message, str):
+                final_message = AssistantMessage(content=final_message)
+            encoded = encode_step(
+                final_message, (), self._store.limits, known_call_ids=frozenset(self._call_ids)
+            )
+        await self._end("finished", None, encoded)
+
+    async def fail(self, reason: str) -> None:
+        """End the turn as failed, recording ``reason``."""
+        self._check_writable()
+        await self._end("failed", str(reason), None)
+
+    async def interrupt(self, reason: str = "interrupted") -> None:
+        """End the turn as interrupted (the user stopped it, or the runtime shut down)."""
+        self._check_writable()
+        await self._end("interrupted", str(reason), None)
+
+    async def heartbeat(self) -> None:
+        """Extend the lease. Every committed step extends it too. Raises ``LeaseLost`` if
+        another turn has taken the conversation over."""
+        self._check_writable()
+        store = self._store
+        with anyio.CancelScope(shield=True):
+            async with store.backend.write(self.conversation_id) as tx:
+                touched = await tx.run(
+                    "heartbeat",
+                    turn_id=self.id,
+                    epoch=self.epoch,
+                    lease_seconds=store.config.lease_seconds,
+                )
+                state = None if touched else await tx.one("turn_state", turn_id=self.id)
+        if not touched:
+            self._raise_not_running(state.status if state else "missing")
+
+    async def wait(self, timeout: float | None = None) -> TurnOutcome:
+        """Wait until the turn has ended (for a duplicate: the first submit's turn) and
+        return its outcome. Raises ``TimeoutError`` after ``timeout`` seconds."""
+        with anyio.fail_after(timeout):
+            return await self._store.wait_for_turn(self.id)
+
+    # --- keepalive context --------------------------------------------------------------
+
+    async def __aenter__(self) -> Turn:
+        if not self.duplicate and self.status == "running":
+            self._keepalive = anyio.create_task_group()
+            await self._keepalive.__aenter__()
+            self._keepalive.start_soon(self._heartbeat_loop)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._keepalive is not None:
+            self._keepalive.cancel_scope.cancel()
+            await self._keepalive.__aexit__(None, None, None)
+            self._keepalive = None
+        if self.duplicate or self.status != "running":
+            return None
+        with anyio.CancelScope(shield=True):
+            if exc is None:
+                await self.finish()
+            elif isinstance(exc, anyio.get_cancelled_exc_class()):
+                await self._end_quietly("interrupted", "cancelled")
+            else:
+                await self._end_quietly("failed", f"{type(exc).__name__}: {exc}")
+        return None
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._store.config.heartbeat_seconds
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.heartbeat()
+            except (LeaseLost, TurnFinished):
+                return
+            except Exception:  # a transient database error: the next beat retries
+                log.warning("turn %s: heartbeat failed", self.id, exc_info=True)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.duplicate:
+            raise DuplicateTurnWrite(
+                f"turn {self.id} is a duplicate submit; only its first submitter writes. "
+                "Use wait() for its outcome."
+            )
+        if self.status != "running":
+            raise TurnFinished(f"turn {self.id} has ended ({self.status}); begin a new turn")
+
+    def _write_for(self, encoded: EncodedStep) -> StepWrite:
+        store = self._store
+        return StepWrite.of(
+            encoded,
+            lock_key=store.backend.lock_key(self.conversation_id),
+            conversation_id=self.conversation_id,
+            turn_id=self.id,
+            epoch=self.epoch,
+            lease_seconds=store.config.lease_seconds,
+            step=self.steps + 1,
+            position=self._next_position,
+        )
+
+    def _committed(self, write: StepWrite) -> int:
+        self.steps = write.step
+        self._next_position += 1 + len(write.call_ids)
+        self._call_ids.update(write.call_ids)
+        return write.step
+
+    async def _commit(self, encoded: EncodedStep) -> int:
+        store = self._store
+        async with self._write_lock:
+            self._check_writable()
+            write = self._write_for(encoded)
+            with anyio.CancelScope(shield=True):
+                outcome = await self._run_write(lambda: store.backend.commit_step(write), write)
+            if outcome is None:
+                return self._committed(write)
+            status, _, steps = outcome.partition(":")
+            if status == "running" and int(steps) == write.step:
+                # An earlier attempt landed but its answer was lost with the connection.
+                return self._committed(write)
+            self._raise_not_running(status)
+        raise AssertionError("unreachable")
+
+    async def _run_write(
+        self, attempt: Callable[[], Any], write: StepWrite | None
+    ) -> str | None:
+        """Run a write; if the connection broke so that its outcome is unknown, retry once:
+        the fencing token makes the retry safe (a step number commits at most once)."""
+        backend = self._store.backend
+        for tries in (1, 2):
+            try:
+                return await attempt()  # type: ignore[no-any-return]
+            except Exception as exc:
+                if tries == 1 and backend.is_connection_error(exc):
+                    log.warning("turn %s: connection lost during a write; retrying", self.id)
+                    continue
+                raise self._translate(exc, write) from exc
+        raise AssertionError("unreachable")
+
+    def _translate(self, exc: BaseException, write: StepWrite | None) -> BaseException:
+        translated = self._store.backend.translate(exc)
+        if isinstance(translated, IntegrityViolation) and write is not None:
+            text = str(translated)
+            if "tool_call_id" in text:
+                return InvalidMessage(
+                    f"a tool call id of this step was already used in conversation "
+                    f"{self.conversation_id!r}; call ids must be unique per conversation"
+                )
+        return translated
+
+    async def _end(self, status: EndStatus, error: str | None, final: EncodedStep | None) -> None:
+        store = self._store
+        async with self._write_lock:
+            self._check_writable()
+            write = self._write_for(final) if final is not None else None
+
+            async def attempt() -> str | None:
+                async with store.backend.write(self.conversation_id) as tx:
+                    if write is not None:
+                        refused = await commit_step_in(tx, write)
+                        if refused is not None:
+                            return refused
+                    touched = await tx.run(
+                        "end_turn", turn_id=self.id, epoch=self.epoch, status=status, error=error
+                    )
+                    if not touched:
+                        state = await tx.one("turn_state", turn_id=self.id)
+                        return f"{state.status}:{state.steps}" if state else "missing:-1"
+                    await tx.run("drop_staged_steps", turn_id=self.id)
+                    return None
+
+            with anyio.CancelScope(shield=True):
+                outcome = await self._run_write(attempt, write)
+            if outcome is not None:
+                ended_status = outcome.partition(":")[0]
+                if ended_status != status:  # not a retry of our own landed write
+                    self._raise_not_running(ended_status)
+            if write is not None:
+                self._committed(write)
+            self.status = status
+        store.turn_ended(self.conversation_id, self.id)
+
+    async def _end_quietly(self, status: EndStatus, error: str) -> None:
+        try:
+            await self._end(status, error, None)
+        except (LeaseLost, TurnFinished):
+            pass
+
+    def _raise_not_running(self, status: str) -> None:
+        if status in ("expired", "running", "missing"):
+            self.status = "expired" if status != "missing" else status
+            raise LeaseLost(
+                f"turn {self.id} lost conversation {self.conversation_id!r}: its lease "
+                "expired and another turn took over; nothing was written"
+            )
+        self.status = status
+        raise TurnFinished(f"turn {self.id} has ended ({status}); begin a new turn")
+
+
+@dataclass
+class StepBuffer:
+    """Collects one step's events; see ``Turn.step``."""
+
+    turn: Turn
+    content: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    results: dict[str, ToolResult] = field(default_factory=dict)
+    committed: int | None = None
+
+    def text(self, text: str) -> None:
+        """Append assistant text (streamed chunks join into one text part)."""
+        if not isinstance(text, str):
+            raise InvalidMessage("step.text() takes a string")
+        if self.content and self.content[-1].get("type") == "text":
+            self.content[-1] = {"type": "text", "text": self.content[-1]["text"] + text}
+        else:
+            self.content.append({"type": "text", "text": text})
+
+    def reasoning(self, part: Mapping[str, Any]) -> None:
+        """Record provider reasoning to send back on replay (``{"type": "reasoning", ...}``)."""
+        self.content.append({**part, "type": "reasoning"})
+
+    def tool_call(
+        self,
+        call_id: str,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        provider_data: Mapping[str, Any] | None = None,
+    ) -> None:
+        if any(c.id == call_id for c in self.calls):
+            raise InvalidMessage(f"duplicate tool call id {call_id!r} in this step")
+        self.calls.append(ToolCall(call_id, name, dict(arguments or {}), provider_data))
+        self._validate()
+
+    def tool_result(self, call_id: str, content: Content = "", *, is_error: bool = False) -> None:
+        if not any(c.id == call_id for c in self.calls):
+            raise InvalidMessage(f"result for {call_id!r}, which is not a tool call of this step")
+        if call_id in self.results:
+            raise InvalidMessage(f"second result for call {call_id!r}")
+        self.results[call_id] = ToolResult(call_id, content, is_error)
+        self._validate()
+
+    @property
+    def unanswered(self) -> list[str]:
+        return [c.id for c in self.calls if c.id not in self.results]
+
+    async def checkpoint(self) -> None:
+        """Persist what this step has so far, outside history. If this process dies before
+        the step commits, the turn that takes the conversation over commits it, closing
+        unanswered calls as interrupted: results of tools that ran are not lost."""
+        turn = self.turn
+        store = turn._store
+        if not self.content and not self.calls:
+            return
+        payload = json.dumps(
+            {
+                "content": self.content,
+                "calls": [
+                    {"id": c.id, "name": c.name, "arguments": dict(c.arguments),
+                     "provider_data": None if c.provider_data is None else dict(c.provider_data)}
+                    for c in self.calls
+                ],
+                "results": [
+                    {"call_id": r.call_id, "content": r.content, "is_error": r.is_error}
+                    for r in self.results.values()
+                ],
+            }
+        )
+        async with turn._write_lock:
+            turn._check_writable()
+            with anyio.CancelScope(shield=True):
+                async with store.backend.write(turn.conversation_id) as tx:
+                    touched = await tx.run(
+                        "heartbeat",
+                        turn_id=turn.id,
+                        epoch=turn.epoch,
+                        lease_seconds=store.config.lease_seconds,
+                    )
+                    if touched:
+                        await tx.run(
+                            "stage_step", turn_id=turn.id, step=turn.steps + 1, payload=payload
+                        )
+                    state = None if touched else await tx.one("turn_state", turn_id=turn.id)
+            if not touched:
+                turn._raise_not_running(state.status if state else "missing")
+
+    def _validate(self) -> None:
+        """Check the events so far, so that bad input fails where it was given."""
+        message = AssistantMessage(self.content, tuple(self.calls))
+        if not self.content and not self.calls:
+            return
+        encode_step(
+            message,
+            list(self.results.values()) + self._placeholders(),
+            self.turn._store.limits,
+            known_call_ids=frozenset(self.turn._call_ids),
+        )
+
+    def _placeholders(self) -> list[ToolResult]:
+        return [ToolResult(cid, "", True) for cid in self.unanswered]
+
+    def closed(self, reason: str) -> tuple[AssistantMessage, list[ToolResult]]:
+        """The step with every unanswered call closed by an error result."""
+        results = list(self.results.values()) + [
+            ToolResult(cid, reason, is_error=True) for cid in self.unanswered
+        ]
+        return AssistantMessage(list(self.content), tuple(self.calls)), results
+
+    async def __aenter__(self) -> StepBuffer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        turn = self.turn
+        produced = bool(self.content or self.calls)
+        if exc is None:
+            if produced:
+                if self.unanswered:
+                    log.warning(
+                        "turn %s: step ended without results for %s; recorded as errors",
+                        turn.id, self.unanswered,
+                    )
+                message, results = self.closed("no result was recorded for this tool call")
+                self.committed = await turn.commit_step(message, results)
+            return None
+        if isinstance(exc, InvalidMessage | DuplicateTurnWrite):
+            return None  # bad input: nothing to save, the error speaks for itself
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+        with anyio.CancelScope(shield=True):
+            if produced and turn.status == "running":
+                message, results = self.closed(INTERRUPTED)
+                try:
+                    self.committed = await turn.commit_step(message, results)
+                except (LeaseLost, TurnFinished):
+                    pass
+            if turn.status == "running":
+                if cancelled:
+                    await turn._end_quietly("interrupted", "cancelled during a step")
+                else:
+                    await turn._end_quietly("failed", f"{type(exc).__name__}: {exc}")
+        return None
