@@ -95,7 +95,11 @@ def _check_messages(cid: str, rows: list[Any]) -> list[Violation]:
                 bad("duplicate_result", row, f"second row for call {row.tool_call_id}")
             seen_calls.add(row.tool_call_id)
             if open_step is None or row.step_position != open_step[0]:
-                bad("orphan_result", row, f"result for {row.tool_call_id} follows no call of its step")
+                bad(
+                    "orphan_result",
+                    row,
+                    f"result for {row.tool_call_id} follows no call of its step",
+                )
                 continue
             start, calls, answered = open_step
             if row.position != start + answered + 1 or answered >= calls:
@@ -107,8 +111,7 @@ def _check_messages(cid: str, rows: list[Any]) -> list[Violation]:
                 Violation(
                     "unanswered_call",
                     cid,
-                    f"step at {open_step[0]} has {open_step[1]} calls, "
-                    f"{open_step[2]} results",
+                    f"step at {open_step[0]} has {open_step[1]} calls, {open_step[2]} results",
                     open_step[0],
                 )
             )
@@ -137,9 +140,7 @@ def _check_turns(cid: str, turns: list[Any], rows: list[Any]) -> list[Violation]
         if turn.idempotency_key is None:
             continue
         if turn.idempotency_key in keys:
-            out.append(
-                Violation("duplicate_idempotency_key", cid, f"key {turn.idempotency_key!r}")
-            )
+            out.append(Violation("duplicate_idempotency_key", cid, f"key {turn.idempotency_key!r}"))
         keys[turn.idempotency_key] = turn.id
     user_messages: dict[str, int] = defaultdict(int)
     steps: dict[str, set[int]] = defaultdict(set)

@@ -130,9 +130,31 @@ async def begin_turn(
 async def _decide(
     store: Store, submit: Submit, turn_id: str, on_busy: OnBusy, *, first: bool
 ) -> Decision:
-    with anyio.CancelScope(shield=True):
+    attempts = 0
+
+    async def attempt() -> Decision:
+        nonlocal attempts
+        attempts += 1
         async with store.backend.write(submit.conversation_id) as tx:
+            if attempts > 1:
+                # The connection broke during the first attempt: did its COMMIT land?
+                landed = await _own_landed_attempt(tx, turn_id, submit.conversation_id)
+                if landed is not None:
+                    return landed
             return await _decide_in(store, tx, submit, turn_id, on_busy, first=first)
+
+    with anyio.CancelScope(shield=True):
+        return await store.backend.retrying(attempt)
+
+
+async def _own_landed_attempt(tx: Tx, turn_id: str, conversation_id: str) -> Decision | None:
+    state = await tx.one("turn_state", turn_id=turn_id)
+    if state is None or state.status not in ("running", "queued"):
+        return None
+    if state.status == "queued":
+        return Queued(turn_id)
+    position = await tx.scalar("next_position", conversation_id=conversation_id)
+    return Claimed(turn_id, state.epoch, position)
 
 
 async def _decide_in(
@@ -158,8 +180,9 @@ async def _decide_in(
             return Busy()
         if first:
             if requeue:
-                await tx.run("requeue_turn", turn_id=turn_id, owner=store.owner,
-                             lease_seconds=lease)
+                await tx.run(
+                    "requeue_turn", turn_id=turn_id, owner=store.owner, lease_seconds=lease
+                )
             else:
                 await _insert_turn(tx, store, submit, turn_id, "queued", 0)
             return Queued(turn_id)
@@ -198,7 +221,8 @@ async def _decide_in(
 async def _earlier_submit(store: Store, tx: Tx, submit: Submit) -> Any:
     if submit.idempotency_key is not None:
         row = await tx.one(
-            "turn_by_key", conversation_id=submit.conversation_id,
+            "turn_by_key",
+            conversation_id=submit.conversation_id,
             idempotency_key=submit.idempotency_key,
         )
         if row is not None and row.content_hash != submit.content_hash:
@@ -256,9 +280,12 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
 
 
 async def _give_up(store: Store, conversation_id: str, turn_id: str, why: str) -> None:
-    with anyio.CancelScope(shield=True):
+    async def attempt() -> None:
         async with store.backend.write(conversation_id) as tx:
             await tx.run("refuse_queued_turn", turn_id=turn_id, error=why)
+
+    with anyio.CancelScope(shield=True):
+        await store.backend.retrying(attempt)
     store.turn_ended(conversation_id, turn_id)
 
 

@@ -3,7 +3,7 @@
 Content is stored as a JSON list of parts:
 
 - ``{"type": "text", "text": "..."}``
-- ``{"type": "image", "mime_type": "image/png", "data": "<base64>"}`` or ``{"type": "image", "url": "..."}``
+- ``{"type": "image", "mime_type": "image/png", "data": "<base64>"}``, or with ``"url"``
 - ``{"type": "reasoning", ...}``: provider reasoning to send back (assistant messages only),
   for example ``{"type": "reasoning", "format": "deepseek", "text": "..."}``.
 

@@ -159,8 +159,30 @@ class Store:
             on_busy=on_busy,
             timeout=timeout,
         )
-        async with handle:
+        if handle.duplicate:
             yield handle
+            return
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as keepalive:
+                keepalive.start_soon(handle.keep_alive)
+                try:
+                    yield handle
+                except Exception as exc:  # re-raised below, outside the task group
+                    error = exc
+                finally:
+                    keepalive.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await handle.end_quietly("interrupted", "cancelled")
+            raise
+        with anyio.CancelScope(shield=True):
+            if error is not None:
+                await handle.end_quietly("failed", f"{type(error).__name__}: {error}")
+            elif handle.status == "running":
+                await handle.finish()
+        if error is not None:
+            raise error
 
     async def turn_status(self, turn_id: str) -> TurnInfo:
         async with self.backend.read() as tx:
@@ -191,7 +213,9 @@ class Store:
                 await event.wait()
             delay = min(delay * 2, self.config.poll_max_seconds * 2)
 
-    async def history(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]:
+    async def history(
+        self, conversation_id: str, *, last: int | None = None
+    ) -> list[StoredMessage]:
         """Committed messages in position order. ``last=N`` returns about the last N
         messages, starting earlier if needed so that no step is cut in half."""
         async with self.backend.read() as tx:

@@ -7,15 +7,15 @@ once started it completes, so the caller always knows whether it landed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import anyio.abc
 
 from .backends.base import StepWrite, commit_step_in
 from .errors import (
@@ -81,7 +81,6 @@ class Turn:
         self._next_position = next_position
         self._call_ids: set[str] = set()
         self._write_lock = anyio.Lock()
-        self._keepalive: anyio.abc.TaskGroup | None = None
 
     def __repr__(self) -> str:
         kind = "duplicate of " if self.duplicate else ""
@@ -154,37 +153,11 @@ class Turn:
         with anyio.fail_after(timeout):
             return await self._store.wait_for_turn(self.id)
 
-    # --- keepalive context --------------------------------------------------------------
+    # --- keepalive ----------------------------------------------------------------------
 
-    async def __aenter__(self) -> Turn:
-        if not self.duplicate and self.status == "running":
-            self._keepalive = anyio.create_task_group()
-            await self._keepalive.__aenter__()
-            self._keepalive.start_soon(self._heartbeat_loop)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        if self._keepalive is not None:
-            self._keepalive.cancel_scope.cancel()
-            await self._keepalive.__aexit__(None, None, None)
-            self._keepalive = None
-        if self.duplicate or self.status != "running":
-            return None
-        with anyio.CancelScope(shield=True):
-            if exc is None:
-                await self.finish()
-            elif isinstance(exc, anyio.get_cancelled_exc_class()):
-                await self._end_quietly("interrupted", "cancelled")
-            else:
-                await self._end_quietly("failed", f"{type(exc).__name__}: {exc}")
-        return None
-
-    async def _heartbeat_loop(self) -> None:
+    async def keep_alive(self) -> None:
+        """Renew the lease every ``heartbeat_seconds`` until cancelled or the turn ends.
+        ``Store.turn`` runs this in the background for you."""
         interval = self._store.config.heartbeat_seconds
         while True:
             await anyio.sleep(interval)
@@ -203,6 +176,8 @@ class Turn:
                 f"turn {self.id} is a duplicate submit; only its first submitter writes. "
                 "Use wait() for its outcome."
             )
+        if self.status == "expired":
+            self._raise_not_running("expired")
         if self.status != "running":
             raise TurnFinished(f"turn {self.id} has ended ({self.status}); begin a new turn")
 
@@ -242,20 +217,14 @@ class Turn:
         raise AssertionError("unreachable")
 
     async def _run_write(
-        self, attempt: Callable[[], Any], write: StepWrite | None
+        self, attempt: Callable[[], Awaitable[str | None]], write: StepWrite | None
     ) -> str | None:
-        """Run a write; if the connection broke so that its outcome is unknown, retry once:
-        the fencing token makes the retry safe (a step number commits at most once)."""
-        backend = self._store.backend
-        for tries in (1, 2):
-            try:
-                return await attempt()  # type: ignore[no-any-return]
-            except Exception as exc:
-                if tries == 1 and backend.is_connection_error(exc):
-                    log.warning("turn %s: connection lost during a write; retrying", self.id)
-                    continue
-                raise self._translate(exc, write) from exc
-        raise AssertionError("unreachable")
+        """Run a write (retried once if the connection broke: the fencing token and the step
+        number make a repeat safe) and translate database errors into ours."""
+        try:
+            return await self._store.backend.retrying(attempt)
+        except Exception as exc:
+            raise self._translate(exc, write) from exc
 
     def _translate(self, exc: BaseException, write: StepWrite | None) -> BaseException:
         translated = self._store.backend.translate(exc)
@@ -300,11 +269,9 @@ class Turn:
             self.status = status
         store.turn_ended(self.conversation_id, self.id)
 
-    async def _end_quietly(self, status: EndStatus, error: str) -> None:
-        try:
+    async def end_quietly(self, status: EndStatus, error: str) -> None:
+        with contextlib.suppress(LeaseLost, TurnFinished):
             await self._end(status, error, None)
-        except (LeaseLost, TurnFinished):
-            pass
 
     def _raise_not_running(self, status: str) -> None:
         if status in ("expired", "running", "missing"):
@@ -377,8 +344,12 @@ class StepBuffer:
             {
                 "content": self.content,
                 "calls": [
-                    {"id": c.id, "name": c.name, "arguments": dict(c.arguments),
-                     "provider_data": None if c.provider_data is None else dict(c.provider_data)}
+                    {
+                        "id": c.id,
+                        "name": c.name,
+                        "arguments": dict(c.arguments),
+                        "provider_data": None if c.provider_data is None else dict(c.provider_data),
+                    }
                     for c in self.calls
                 ],
                 "results": [
@@ -443,7 +414,8 @@ class StepBuffer:
                 if self.unanswered:
                     log.warning(
                         "turn %s: step ended without results for %s; recorded as errors",
-                        turn.id, self.unanswered,
+                        turn.id,
+                        self.unanswered,
                     )
                 message, results = self.closed("no result was recorded for this tool call")
                 self.committed = await turn.commit_step(message, results)
@@ -454,13 +426,11 @@ class StepBuffer:
         with anyio.CancelScope(shield=True):
             if produced and turn.status == "running":
                 message, results = self.closed(INTERRUPTED)
-                try:
+                with contextlib.suppress(LeaseLost, TurnFinished):
                     self.committed = await turn.commit_step(message, results)
-                except (LeaseLost, TurnFinished):
-                    pass
             if turn.status == "running":
                 if cancelled:
-                    await turn._end_quietly("interrupted", "cancelled during a step")
+                    await turn.end_quietly("interrupted", "cancelled during a step")
                 else:
-                    await turn._end_quietly("failed", f"{type(exc).__name__}: {exc}")
+                    await turn.end_quietly("failed", f"{type(exc).__name__}: {exc}")
         return None

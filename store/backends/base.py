@@ -6,11 +6,12 @@ databases: how a write transaction serialises one conversation, the SQL dialect 
 from __future__ import annotations
 
 import hashlib
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import Row
@@ -28,6 +29,23 @@ def lock_key(namespace: str, conversation_id: str) -> int:
     Stable across processes, hosts and Python versions (unlike ``hash()``)."""
     digest = hashlib.sha256(f"turnstore\x00{namespace}\x00{conversation_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+T = TypeVar("T")
+log = logging.getLogger("turnstore")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, the driver error SQLAlchemy wrapped, and their causes."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [getattr(current, "orig", None), current.__cause__, current.__context__]
 
 
 class Tx:
@@ -201,8 +219,21 @@ class Backend(ABC):
         """The migration versions recorded in the database (empty if none)."""
 
     def is_connection_error(self, exc: BaseException) -> bool:
-        """True when the outcome of a write is unknown because the connection broke."""
+        """True when the connection broke, so that a write's outcome is unknown."""
         return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run a write; if the connection broke, drop the pool's connections and run it
+        once more. Callers make their writes safe to repeat (fencing tokens, step numbers,
+        turn ids), so an attempt whose COMMIT was lost is recognised, not duplicated."""
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not any(self.is_connection_error(e) for e in _causes(exc)):
+                raise
+            log.warning("database connection lost during a write (%s); retrying", exc)
+            await self.engine.dispose(close=False)
+        return await attempt()
 
     def translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, IntegrityError):

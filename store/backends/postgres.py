@@ -29,11 +29,12 @@ CREATE TABLE IF NOT EXISTS turnstore_migrations (
 
 
 def create_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngine:
-    connect_args: dict[str, Any] = {}
+    settings = {"application_name": "turnstore"}
     if schema is not None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
-        connect_args["server_settings"] = {"search_path": schema}
+        settings["search_path"] = schema
+    connect_args: dict[str, Any] = {"server_settings": settings}
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
     )
@@ -55,26 +56,28 @@ class PostgresBackend(Backend):
 
     async def commit_step(self, step: StepWrite) -> str | None:
         async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
-            # Autocommit: the function call is the whole transaction, one round trip.
-            return await driver.fetchval(
-                _COMMIT_STEP,
-                step.lock_key,
-                step.conversation_id,
-                step.turn_id,
-                step.epoch,
-                step.lease_seconds,
-                step.step,
-                step.position,
-                step.content_json,
-                step.call_ids,
-                step.tool_names,
-                step.arguments_json,
-                step.call_data_json,
-                step.results_json,
-                step.is_error,
-            )
+            return await self._call_commit_step(await self._driver(conn), step)
+
+    @staticmethod
+    async def _call_commit_step(driver: asyncpg.Connection, step: StepWrite) -> str | None:
+        # Autocommit: the function call is the whole transaction, one round trip.
+        return await driver.fetchval(  # type: ignore[no-any-return]
+            _COMMIT_STEP,
+            step.lock_key,
+            step.conversation_id,
+            step.turn_id,
+            step.epoch,
+            step.lease_seconds,
+            step.step,
+            step.position,
+            step.content_json,
+            step.call_ids,
+            step.tool_names,
+            step.arguments_json,
+            step.call_data_json,
+            step.results_json,
+            step.is_error,
+        )
 
     async def _driver(self, conn: Any) -> asyncpg.Connection:
         raw = await conn.get_raw_connection()
@@ -100,7 +103,9 @@ class PostgresBackend(Backend):
                 if self.schema is not None:
                     await driver.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 await driver.execute(_MIGRATIONS_TABLE)
-                done = {r[0] for r in await driver.fetch("SELECT version FROM turnstore_migrations")}
+                done = {
+                    r[0] for r in await driver.fetch("SELECT version FROM turnstore_migrations")
+                }
                 for migration in sql.migrations(self.dialect):
                     if migration.version in done:
                         continue
@@ -114,7 +119,16 @@ class PostgresBackend(Backend):
         return applied
 
     def is_connection_error(self, exc: BaseException) -> bool:
-        if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+        # InternalClientError: asyncpg reports a pooled connection that the server terminated
+        # while it sat idle as "cannot switch to state ...; another operation is in progress".
+        # Retrying is safe whatever was sent: a step number commits at most once.
+        if isinstance(
+            exc,
+            asyncpg.PostgresConnectionError
+            | asyncpg.InterfaceError
+            | asyncpg.exceptions.InternalClientError
+            | asyncpg.exceptions.AdminShutdownError,
+        ):
             return True
         if isinstance(exc, ConnectionError | OSError):
             return True

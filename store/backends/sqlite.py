@@ -28,9 +28,7 @@ CREATE TABLE IF NOT EXISTS turnstore_migrations (
 )"""
 
 
-def create_engine(
-    url: URL, busy_timeout: float, synchronous: str, pool_size: int
-) -> AsyncEngine:
+def create_engine(url: URL, busy_timeout: float, synchronous: str, pool_size: int) -> AsyncEngine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +81,9 @@ class SqliteBackend(Backend):
         applied: list[int] = []
         async with self._write_engine.begin() as conn:
             await conn.exec_driver_sql(_MIGRATIONS_TABLE)
-            done = {r[0] for r in await conn.exec_driver_sql(
-                "SELECT version FROM turnstore_migrations")}
+            done = {
+                r[0] for r in await conn.exec_driver_sql("SELECT version FROM turnstore_migrations")
+            }
             for migration in sql.migrations(self.dialect):
                 if migration.version in done:
                     continue

@@ -53,7 +53,9 @@ def _parts(message: Message) -> tuple[str, list[dict[str, Any]]]:
     if isinstance(message, AssistantMessage):
         parts: list[dict[str, Any]] = [{"text": t} for t in texts(message.parts)]
         for call in message.tool_calls:
-            part: dict[str, Any] = {"functionCall": {"name": call.name, "args": dict(call.arguments)}}
+            part: dict[str, Any] = {
+                "functionCall": {"name": call.name, "args": dict(call.arguments)}
+            }
             if call.thought_signature:
                 part["thoughtSignature"] = call.thought_signature
             parts.append(part)

@@ -101,7 +101,9 @@ def match_results(units: list[Unit], repairs: list[Repair]) -> None:
     for index, unit in enumerate(units):
         if not isinstance(unit, ToolResult):
             continue
-        before = [c for c in by_id.get(unit.call_id, []) if c.step.unit < index and c.result is None]
+        before = [
+            c for c in by_id.get(unit.call_id, []) if c.step.unit < index and c.result is None
+        ]
         if before:
             _attach(before[-1], unit, index)
         else:

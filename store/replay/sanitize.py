@@ -45,7 +45,9 @@ class SanitizeResult:
     repairs: tuple[Repair, ...]
 
 
-def sanitize(messages: Sequence[Message], *, unanswered: Unanswered = "synthesize") -> SanitizeResult:
+def sanitize(
+    messages: Sequence[Message], *, unanswered: Unanswered = "synthesize"
+) -> SanitizeResult:
     """Repair ``messages`` so every provider format accepts them; report every change.
 
     ``unanswered``: close a call that has no result with a synthetic error result

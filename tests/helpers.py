@@ -1,0 +1,33 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+from store import AssistantMessage, Store, ToolCall, ToolResult
+from store.checker import check
+
+
+def step(prefix: str, calls: int = 2) -> tuple[AssistantMessage, list[ToolResult]]:
+    """A step with ``calls`` parallel tool calls and their results."""
+    tool_calls = [ToolCall(f"{prefix}_{i}", "insertHtml", {"i": i}) for i in range(calls)]
+    return (
+        AssistantMessage(f"{prefix}: working", tool_calls),
+        [ToolResult(c.id, f"<p>{c.id}</p>") for c in tool_calls],
+    )
+
+
+async def assert_clean(store: Store) -> None:
+    report = await check(store.backend)
+    assert report.ok, report.violations[:10]
+
+
+async def count_rows(store: Store, conversation_id: str | None = None) -> tuple[int, int]:
+    """(turns, messages) in the store, optionally for one conversation."""
+    report_turns = 0
+    async with store.backend.read() as tx:
+        turns = await tx.all("check_turns")
+        messages = await tx.all("check_messages")
+    if conversation_id is not None:
+        turns = [t for t in turns if t.conversation_id == conversation_id]
+        messages = [m for m in messages if m.conversation_id == conversation_id]
+    report_turns = len(turns)
+    return report_turns, len(messages)

@@ -1,0 +1,145 @@
+"""Bad input is refused with InvalidMessage before anything is written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from store import AssistantMessage, InvalidMessage, Limits, Store, StoreConfig, ToolCall, ToolResult
+from store.turn import Turn
+
+from .conftest import Target
+from .helpers import count_rows, step
+
+
+def _msg(*calls: ToolCall, content: Any = "") -> AssistantMessage:
+    return AssistantMessage(content, calls)
+
+
+BAD_STEPS: dict[str, Callable[[], tuple[AssistantMessage, list[ToolResult]]]] = {
+    "result for an unknown call": lambda: (
+        _msg(ToolCall("a", "t")),
+        [ToolResult("a", "x"), ToolResult("zzz", "y")],
+    ),
+    "duplicate call ids": lambda: (
+        _msg(ToolCall("a", "t"), ToolCall("a", "t")),
+        [ToolResult("a", "x")],
+    ),
+    "second result for a call": lambda: (
+        _msg(ToolCall("a", "t")),
+        [ToolResult("a", "x"), ToolResult("a", "y")],
+    ),
+    "call without result": lambda: (
+        _msg(ToolCall("a", "t"), ToolCall("b", "t")),
+        [ToolResult("a", "x")],
+    ),
+    "empty call id": lambda: (_msg(ToolCall("", "t")), [ToolResult("", "x")]),
+    "empty tool name": lambda: (_msg(ToolCall("a", "")), [ToolResult("a", "x")]),
+    "over-long call id": lambda: (_msg(ToolCall("a" * 300, "t")), [ToolResult("a" * 300, "x")]),
+    "NUL in text": lambda: (_msg(content="bad\x00text"), []),
+    "NUL in call id": lambda: (_msg(ToolCall("a\x00", "t")), [ToolResult("a\x00", "x")]),
+    "NUL in arguments": lambda: (_msg(ToolCall("a", "t", {"k": "v\x00"})), [ToolResult("a", "x")]),
+    "NUL in result": lambda: (_msg(ToolCall("a", "t")), [ToolResult("a", "x\x00")]),
+    "non-JSON arguments": lambda: (
+        _msg(ToolCall("a", "t", {"k": object()})),
+        [ToolResult("a", "x")],
+    ),
+    "NaN in arguments": lambda: (
+        _msg(ToolCall("a", "t", {"k": float("nan")})),
+        [ToolResult("a", "x")],
+    ),
+    "non-string key": lambda: (_msg(ToolCall("a", "t", {1: "x"})), [ToolResult("a", "x")]),
+    "arguments not an object": lambda: (
+        _msg(ToolCall("a", "t", ["x"])),  # type: ignore[arg-type]
+        [ToolResult("a", "x")],
+    ),
+    "empty assistant message": lambda: (_msg(), []),
+    "user part in assistant message": lambda: (_msg(content=[{"type": "image", "data": "x"}]), []),
+    "unknown part type": lambda: (_msg(content=[{"type": "video"}]), []),
+    "text part without text": lambda: (_msg(content=[{"type": "text"}]), []),
+    "over-long payload": lambda: (_msg(ToolCall("a", "t")), [ToolResult("a", "x" * 5000)]),
+    "not an assistant message": lambda: ("hello", []),  # type: ignore[return-value]
+    "not a tool result": lambda: (_msg(ToolCall("a", "t")), [{"call_id": "a"}]),  # type: ignore[list-item]
+}
+
+
+@pytest.fixture
+async def small_store(target: Target) -> Store:
+    opened = await target.open(config=StoreConfig(limits=Limits(max_message_bytes=4096)))
+    yield opened  # type: ignore[misc]
+    await opened.close()
+
+
+async def _started(store: Store) -> tuple[Turn, tuple[int, int]]:
+    turn = await store.begin_turn("c", "go")
+    await turn.commit_step(*step("ok"))
+    return turn, await count_rows(store)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STEPS))
+async def test_bad_step_is_refused_and_nothing_is_written(small_store: Store, case: str) -> None:
+    turn, before = await _started(small_store)
+    message, results = BAD_STEPS[case]()
+    with pytest.raises(InvalidMessage):
+        await turn.commit_step(message, results)
+    assert await count_rows(small_store) == before
+    # the turn is still usable afterwards
+    await turn.commit_step(*step("after"))
+
+
+async def test_call_id_reused_from_an_earlier_step_is_refused(small_store: Store) -> None:
+    turn, before = await _started(small_store)
+    with pytest.raises(InvalidMessage, match="duplicate"):
+        await turn.commit_step(*step("ok"))
+    assert await count_rows(small_store) == before
+
+
+async def test_call_id_reused_from_an_earlier_turn_is_refused(small_store: Store) -> None:
+    turn, _ = await _started(small_store)
+    await turn.finish()
+    second = await small_store.begin_turn("c", "next")
+    before = await count_rows(small_store)
+    with pytest.raises(InvalidMessage, match="already used"):
+        await second.commit_step(*step("ok"))
+    assert await count_rows(small_store) == before
+    await second.commit_step(*step("fresh"))
+
+
+BAD_SUBMITS: dict[str, dict[str, Any]] = {
+    "empty conversation id": {"conversation_id": "", "user_message": "x"},
+    "conversation id not a string": {"conversation_id": 7, "user_message": "x"},
+    "over-long conversation id": {"conversation_id": "c" * 300, "user_message": "x"},
+    "empty user message": {"conversation_id": "c", "user_message": ""},
+    "NUL in user message": {"conversation_id": "c", "user_message": "a\x00b"},
+    "reasoning in a user message": {
+        "conversation_id": "c",
+        "user_message": [{"type": "reasoning", "text": "x"}],
+    },
+    "over-long user message": {"conversation_id": "c", "user_message": "x" * 5000},
+    "empty idempotency key": {"conversation_id": "c", "user_message": "x", "idempotency_key": ""},
+    "bad on_busy": {"conversation_id": "c", "user_message": "x", "on_busy": "maybe"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SUBMITS))
+async def test_bad_submit_is_refused_and_nothing_is_written(small_store: Store, case: str) -> None:
+    kwargs = dict(BAD_SUBMITS[case])
+    cid, text = kwargs.pop("conversation_id"), kwargs.pop("user_message")
+    with pytest.raises(InvalidMessage):
+        await small_store.begin_turn(cid, text, **kwargs)
+    assert await count_rows(small_store) == (0, 0)
+
+
+async def test_bad_event_in_a_step_block_fails_where_it_is_given(small_store: Store) -> None:
+    turn, before = await _started(small_store)
+    with pytest.raises(InvalidMessage):
+        async with turn.step() as s:
+            s.tool_call("x", "t", {"k": object()})
+    with pytest.raises(InvalidMessage):
+        async with turn.step() as s:
+            s.tool_call("y", "t")
+            s.tool_result("nope", "r")
+    assert await count_rows(small_store) == before
+    assert turn.status == "running"
