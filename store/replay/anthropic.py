@@ -23,7 +23,7 @@ from .model import (
     ToolResult,
     UserMessage,
 )
-from .render import json_text
+from .render import json_copy, json_text
 
 
 def to_anthropic(messages: Sequence[Message]) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def _assistant(message: AssistantMessage) -> list[dict[str, Any]]:
             blocks.append({"type": "redacted_thinking", "data": item.data})
     blocks.extend(b for p in message.parts if (b := _content_block(p)) is not None)
     blocks.extend(
-        {"type": "tool_use", "id": c.id, "name": c.name, "input": dict(c.arguments)}
+        {"type": "tool_use", "id": c.id, "name": c.name, "input": json_copy(c.arguments)}
         for c in message.tool_calls
     )
     return blocks

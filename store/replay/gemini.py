@@ -21,7 +21,7 @@ from .model import (
     ToolResult,
     UserMessage,
 )
-from .render import result_text, texts
+from .render import json_copy, result_text, texts
 
 
 def to_gemini(messages: Sequence[Message]) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def _parts(message: Message) -> tuple[str, list[dict[str, Any]]]:
         parts: list[dict[str, Any]] = [{"text": t} for t in texts(message.parts)]
         for call in message.tool_calls:
             part: dict[str, Any] = {
-                "functionCall": {"name": call.name, "args": dict(call.arguments)}
+                "functionCall": {"name": call.name, "args": json_copy(call.arguments)}
             }
             if call.thought_signature:
                 part["thoughtSignature"] = call.thought_signature
@@ -80,5 +80,5 @@ def _response(result: ToolResult) -> dict[str, Any]:
     if result.is_error:
         return {"error": result_text(result.content, False)}
     if len(result.content) == 1 and isinstance(result.content[0], JsonPart):
-        return {"output": result.content[0].value}
+        return {"output": json_copy(result.content[0].value)}
     return {"output": result_text(result.content, False)}

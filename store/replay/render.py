@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -12,6 +13,11 @@ from .model import ImagePart, JsonPart, ResultPart, TextPart
 def json_text(value: Any) -> str:
     """Compact JSON, UTF-8 kept readable."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy, so a caller editing a body cannot change the messages it came from."""
+    return copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
 
 
 def arguments_json(arguments: Mapping[str, Any]) -> str:

@@ -1,0 +1,118 @@
+"""The schema: both dialects hold the same tables and constraints; migrations apply in
+order, once, even when several processes migrate at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import inspect
+
+from store import SchemaError, Store, sql
+from store.store import make_backend
+
+from .conftest import Target
+
+
+def _shape(sync_conn: Any) -> dict[str, Any]:
+    insp = inspect(sync_conn)
+    shape: dict[str, Any] = {}
+    for table in sorted(t for t in insp.get_table_names() if t.startswith("turnstore_")):
+        unique = sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(table))
+        shape[table] = {
+            "columns": sorted(c["name"] for c in insp.get_columns(table)),
+            "primary_key": insp.get_pk_constraint(table)["constrained_columns"],
+            "unique": unique,
+            "foreign_keys": sorted(
+                (
+                    tuple(fk["constrained_columns"]),
+                    fk["referred_table"],
+                    tuple(fk["referred_columns"]),
+                )
+                for fk in insp.get_foreign_keys(table)
+            ),
+            # PostgreSQL lists the indexes behind UNIQUE constraints too; SQLite does not.
+            "indexes": sorted(
+                (ix["name"], tuple(ix["column_names"]), bool(ix["unique"]))
+                for ix in insp.get_indexes(table)
+                if not (ix["unique"] and tuple(ix["column_names"]) in unique)
+            ),
+            # Explicitly named CHECKs (PostgreSQL also names column checks after the table;
+            # SQLite's inspector sees only the named ones).
+            "named_checks": sorted(
+                c["name"]
+                for c in insp.get_check_constraints(table)
+                if c.get("name") and not c["name"].startswith(f"{table}_")
+            ),
+        }
+    return shape
+
+
+async def _schema_of(target: Target) -> dict[str, Any]:
+    store = await target.open()
+    try:
+        async with store.backend.engine.connect() as conn:
+            return await conn.run_sync(_shape)
+    finally:
+        await store.close()
+
+
+async def test_both_dialects_hold_the_same_tables_and_constraints(
+    tmp_path: Any, pg_target: Target
+) -> None:
+    lite = Target("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'shape.db'}", None)
+    sqlite_shape = await _schema_of(lite)
+    postgres_shape = await _schema_of(pg_target)
+    assert set(sqlite_shape) == {
+        "turnstore_conversations",
+        "turnstore_turns",
+        "turnstore_messages",
+        "turnstore_staged_steps",
+        "turnstore_migrations",
+    }
+    assert sqlite_shape == postgres_shape
+    messages = postgres_shape["turnstore_messages"]
+    assert len(messages["foreign_keys"]) == 4  # turn + the three pairing/density keys
+    assert messages["named_checks"] == ["turnstore_message_shape"]
+
+
+def test_migrations_are_numbered_in_order_for_both_dialects() -> None:
+    for dialect in sql.DIALECTS:
+        versions = [m.version for m in sql.migrations(dialect)]
+        assert versions == list(range(1, len(versions) + 1))
+    assert [m.name for m in sql.migrations("postgres")] == [
+        m.name for m in sql.migrations("sqlite")
+    ]
+
+
+def test_both_dialects_define_the_same_queries() -> None:
+    postgres = set(sql.queries("postgres"))
+    assert postgres - set(sql.queries("sqlite")) == {"lock_conversation"}
+    assert set(sql.queries("sqlite")) <= postgres
+
+
+async def test_concurrent_migrations_apply_each_version_once(target: Target) -> None:
+    results: list[list[int]] = []
+
+    async def migrate() -> None:
+        backend = make_backend(target.url, schema=target.schema)
+        try:
+            results.append(await backend.migrate())
+        finally:
+            await backend.close()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(migrate)
+    everything = [m.version for m in sql.migrations(target.kind)]
+    assert sorted(v for applied in results for v in applied) == everything
+    store = await target.open(migrate=False)  # the schema is complete
+    await store.close()
+
+
+async def test_opening_without_migrating_an_empty_database_says_what_to_do(
+    target: Target,
+) -> None:
+    with pytest.raises(SchemaError, match="migrate"):
+        await Store.open(target.url, schema=target.schema, migrate=False)
