@@ -29,17 +29,16 @@ class DemoStats:
 
 async def _run_agent(turn: Turn, rng: random.Random, steps: int) -> None:
     """One agent turn: ``steps`` model steps, each with 1-3 parallel tool calls."""
-    async with turn:
-        for s in range(steps):
-            async with turn.step() as step:
-                step.text(f"step {s}: let me use some tools")
-                calls = [f"call_{turn.id[-8:]}_{s}_{k}" for k in range(rng.randint(1, 3))]
-                for call_id in calls:
-                    step.tool_call(call_id, "insertHtml", {"selector": "main", "n": s})
-                for call_id in calls:
-                    await anyio.sleep(rng.uniform(0, 0.004))  # the tool runs
-                    step.tool_result(call_id, f"<section>{call_id}</section>")
-        await turn.finish("done")
+    for s in range(steps):
+        async with turn.step() as step:
+            step.text(f"step {s}: let me use some tools")
+            calls = [f"call_{turn.id[-8:]}_{s}_{k}" for k in range(rng.randint(1, 3))]
+            for call_id in calls:
+                step.tool_call(call_id, "insertHtml", {"selector": "main", "n": s})
+            for call_id in calls:
+                await anyio.sleep(rng.uniform(0, 0.004))  # the tool runs
+                step.tool_result(call_id, f"<section>{call_id}</section>")
+    await turn.finish("done")
 
 
 async def _submit(
@@ -52,15 +51,17 @@ async def _submit(
     interrupt_after: float | None,
     stats: DemoStats,
 ) -> None:
-    turn = await store.begin_turn(conversation_id, text, idempotency_key=key, timeout=60)
-    if turn.duplicate:
-        stats.duplicates_refused += 1
-        await turn.wait(timeout=60)
-        return
-    with anyio.CancelScope() as scope:
-        if interrupt_after is not None:
-            scope.deadline = anyio.current_time() + interrupt_after
-        await _run_agent(turn, rng, steps)
+    """Submit a turn; if ``interrupt_after`` is set, the user presses stop that many
+    seconds after the turn started."""
+    with anyio.CancelScope() as stop_button:
+        async with store.turn(conversation_id, text, idempotency_key=key, timeout=60) as turn:
+            if turn.duplicate:
+                stats.duplicates_refused += 1
+                await turn.wait(timeout=60)
+                return
+            if interrupt_after is not None:
+                stop_button.deadline = anyio.current_time() + interrupt_after
+            await _run_agent(turn, rng, steps)
 
 
 async def run_demo(
@@ -73,6 +74,7 @@ async def run_demo(
     double_submit: float = 0.3,
     interrupt: float = 0.15,
     seed: int = 7,
+    schema: str | None = None,
 ) -> tuple[DemoStats, dict[str, int], float]:
     """Run the demo; return its stats, the checker's violation counts and the seconds."""
     rng = random.Random(seed)
@@ -88,7 +90,7 @@ async def run_demo(
         for i in range(turns)
     ]
     queue = iter(plan)
-    async with Store.open(url, config=StoreConfig(busy_timeout=60)) as store:
+    async with Store.open(url, schema=schema, config=StoreConfig(busy_timeout=60)) as store:
 
         async def worker(seed_offset: int) -> None:
             local = random.Random(seed + seed_offset)

@@ -197,6 +197,30 @@ class EncodedStep:
     results: tuple[EncodedResult, ...]
 
 
+def encode_call(call: ToolCall, limits: Limits) -> EncodedCall:
+    """Validate and serialise one tool call."""
+    if not isinstance(call, ToolCall):
+        raise InvalidMessage(f"tool calls must be ToolCall, got {type(call).__name__}")
+    call_id = check_identifier(call.id, "tool call id", limits.max_id_length)
+    name = check_identifier(call.name, f"tool name of call {call_id!r}", limits.max_name_length)
+    if not isinstance(call.arguments, Mapping):
+        raise InvalidMessage(f"arguments of call {call_id!r} must be a JSON object")
+    args = encode_json(dict(call.arguments), f"arguments of call {call_id!r}", limits)
+    extra = None
+    if call.provider_data is not None:
+        extra = encode_json(dict(call.provider_data), f"provider_data of {call_id!r}", limits)
+    return EncodedCall(call_id, name, args, extra)
+
+
+def encode_result(result: ToolResult, tool_name: str, limits: Limits) -> EncodedResult:
+    """Validate and serialise one tool result."""
+    where = f"result of {result.call_id!r}"
+    content = normalize_content(result.content, "tool", where)
+    return EncodedResult(
+        result.call_id, tool_name, encode_json(content, where, limits), bool(result.is_error)
+    )
+
+
 def encode_user_message(content: Content, limits: Limits) -> str:
     parts = normalize_content(content, "user", "user message")
     if not parts:
@@ -227,20 +251,11 @@ def encode_step(
     encoded_calls: list[EncodedCall] = []
     names: dict[str, str] = {}
     for call in calls:
-        if not isinstance(call, ToolCall):
-            raise InvalidMessage(f"tool calls must be ToolCall, got {type(call).__name__}")
-        call_id = check_identifier(call.id, "tool call id", limits.max_id_length)
-        name = check_identifier(call.name, f"tool name of call {call_id!r}", limits.max_name_length)
-        if call_id in names or call_id in known_call_ids:
-            raise InvalidMessage(f"duplicate tool call id {call_id!r}")
-        if not isinstance(call.arguments, Mapping):
-            raise InvalidMessage(f"arguments of call {call_id!r} must be a JSON object")
-        args = encode_json(dict(call.arguments), f"arguments of call {call_id!r}", limits)
-        extra = None
-        if call.provider_data is not None:
-            extra = encode_json(dict(call.provider_data), f"provider_data of {call_id!r}", limits)
-        names[call_id] = name
-        encoded_calls.append(EncodedCall(call_id, name, args, extra))
+        encoded = encode_call(call, limits)
+        if encoded.id in names or encoded.id in known_call_ids:
+            raise InvalidMessage(f"duplicate tool call id {encoded.id!r}")
+        names[encoded.id] = encoded.name
+        encoded_calls.append(encoded)
 
     by_id: dict[str, ToolResult] = {}
     for result in results:
@@ -259,18 +274,7 @@ def encode_step(
             f"no result for tool calls {missing}; every call needs exactly one result "
             "(use turn.step() to have unanswered calls closed as interrupted)"
         )
-    encoded_results = []
-    for call in encoded_calls:
-        result = by_id[call.id]
-        content = normalize_content(result.content, "tool", f"result of {call.id!r}")
-        encoded_results.append(
-            EncodedResult(
-                call.id,
-                call.name,
-                encode_json(content, f"result of {call.id!r}", limits),
-                bool(result.is_error),
-            )
-        )
+    encoded_results = [encode_result(by_id[call.id], call.name, limits) for call in encoded_calls]
     return EncodedStep(
         encode_json(parts, "assistant message", limits),
         tuple(encoded_calls),

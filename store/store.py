@@ -185,8 +185,11 @@ class Store:
             raise error
 
     async def turn_status(self, turn_id: str) -> TurnInfo:
-        async with self.backend.read() as tx:
-            row = await tx.one("turn_info", turn_id=turn_id)
+        async def read() -> Any:
+            async with self.backend.read() as tx:
+                return await tx.one("turn_info", turn_id=turn_id)
+
+        row = await self.backend.retrying(read)
         if row is None:
             raise TurnNotFound(f"no turn {turn_id!r}")
         return TurnInfo(
@@ -218,8 +221,12 @@ class Store:
     ) -> list[StoredMessage]:
         """Committed messages in position order. ``last=N`` returns about the last N
         messages, starting earlier if needed so that no step is cut in half."""
-        async with self.backend.read() as tx:
-            return await read_history(tx, conversation_id, last)
+
+        async def read() -> list[StoredMessage]:
+            async with self.backend.read() as tx:
+                return await read_history(tx, conversation_id, last)
+
+        return await self.backend.retrying(read)
 
     # --- in-process wake-ups (an optimisation; polling alone is correct) ------------------
 

@@ -32,6 +32,8 @@ from .messages import (
     EncodedStep,
     ToolCall,
     ToolResult,
+    encode_call,
+    encode_result,
     encode_step,
 )
 
@@ -134,18 +136,36 @@ class Turn:
         """Extend the lease. Every committed step extends it too. Raises ``LeaseLost`` if
         another turn has taken the conversation over."""
         self._check_writable()
+        await self._renew()
+
+    async def _renew(self, staged_payload: str | None = None) -> None:
+        """Extend the lease if this turn still holds it and, with ``staged_payload``,
+        checkpoint the step in progress in the same transaction."""
         store = self._store
-        with anyio.CancelScope(shield=True):
+
+        async def attempt() -> str | None:
             async with store.backend.write(self.conversation_id) as tx:
-                touched = await tx.run(
+                if await tx.run(
                     "heartbeat",
                     turn_id=self.id,
                     epoch=self.epoch,
                     lease_seconds=store.config.lease_seconds,
-                )
-                state = None if touched else await tx.one("turn_state", turn_id=self.id)
-        if not touched:
-            self._raise_not_running(state.status if state else "missing")
+                ):
+                    if staged_payload is not None:
+                        await tx.run(
+                            "stage_step",
+                            turn_id=self.id,
+                            step=self.steps + 1,
+                            payload=staged_payload,
+                        )
+                    return None
+                state = await tx.one("turn_state", turn_id=self.id)
+                return state.status if state else "missing"
+
+        with anyio.CancelScope(shield=True):
+            refused = await self._run_write(attempt, None)
+        if refused is not None:
+            self._raise_not_running(refused)
 
     async def wait(self, timeout: float | None = None) -> TurnOutcome:
         """Wait until the turn has ended (for a duplicate: the first submit's turn) and
@@ -296,8 +316,8 @@ class StepBuffer:
 
     def text(self, text: str) -> None:
         """Append assistant text (streamed chunks join into one text part)."""
-        if not isinstance(text, str):
-            raise InvalidMessage("step.text() takes a string")
+        if not isinstance(text, str) or "\x00" in text:
+            raise InvalidMessage("step.text() takes a string without NUL characters")
         if self.content and self.content[-1].get("type") == "text":
             self.content[-1] = {"type": "text", "text": self.content[-1]["text"] + text}
         else:
@@ -315,18 +335,25 @@ class StepBuffer:
         *,
         provider_data: Mapping[str, Any] | None = None,
     ) -> None:
-        if any(c.id == call_id for c in self.calls):
-            raise InvalidMessage(f"duplicate tool call id {call_id!r} in this step")
-        self.calls.append(ToolCall(call_id, name, dict(arguments or {}), provider_data))
-        self._validate()
+        call = ToolCall(call_id, name, dict(arguments or {}), provider_data)
+        limits = self.turn._store.limits
+        encode_call(call, limits)  # refuse bad input here, where it was given
+        if any(c.id == call_id for c in self.calls) or call_id in self.turn._call_ids:
+            raise InvalidMessage(f"duplicate tool call id {call_id!r}")
+        if len(self.calls) >= limits.max_tool_calls_per_step:
+            raise InvalidMessage(
+                f"more than {limits.max_tool_calls_per_step} tool calls in one step"
+            )
+        self.calls.append(call)
 
     def tool_result(self, call_id: str, content: Content = "", *, is_error: bool = False) -> None:
         if not any(c.id == call_id for c in self.calls):
             raise InvalidMessage(f"result for {call_id!r}, which is not a tool call of this step")
         if call_id in self.results:
             raise InvalidMessage(f"second result for call {call_id!r}")
-        self.results[call_id] = ToolResult(call_id, content, is_error)
-        self._validate()
+        result = ToolResult(call_id, content, is_error)
+        encode_result(result, "-", self.turn._store.limits)
+        self.results[call_id] = result
 
     @property
     def unanswered(self) -> list[str]:
@@ -337,7 +364,6 @@ class StepBuffer:
         the step commits, the turn that takes the conversation over commits it, closing
         unanswered calls as interrupted: results of tools that ran are not lost."""
         turn = self.turn
-        store = turn._store
         if not self.content and not self.calls:
             return
         payload = json.dumps(
@@ -360,36 +386,7 @@ class StepBuffer:
         )
         async with turn._write_lock:
             turn._check_writable()
-            with anyio.CancelScope(shield=True):
-                async with store.backend.write(turn.conversation_id) as tx:
-                    touched = await tx.run(
-                        "heartbeat",
-                        turn_id=turn.id,
-                        epoch=turn.epoch,
-                        lease_seconds=store.config.lease_seconds,
-                    )
-                    if touched:
-                        await tx.run(
-                            "stage_step", turn_id=turn.id, step=turn.steps + 1, payload=payload
-                        )
-                    state = None if touched else await tx.one("turn_state", turn_id=turn.id)
-            if not touched:
-                turn._raise_not_running(state.status if state else "missing")
-
-    def _validate(self) -> None:
-        """Check the events so far, so that bad input fails where it was given."""
-        message = AssistantMessage(self.content, tuple(self.calls))
-        if not self.content and not self.calls:
-            return
-        encode_step(
-            message,
-            list(self.results.values()) + self._placeholders(),
-            self.turn._store.limits,
-            known_call_ids=frozenset(self.turn._call_ids),
-        )
-
-    def _placeholders(self) -> list[ToolResult]:
-        return [ToolResult(cid, "", True) for cid in self.unanswered]
+            await turn._renew(payload)
 
     def closed(self, reason: str) -> tuple[AssistantMessage, list[ToolResult]]:
         """The step with every unanswered call closed by an error result."""

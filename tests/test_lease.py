@@ -129,7 +129,7 @@ async def test_terminated_connections_do_not_lose_or_duplicate_writes(
     async def kill() -> None:
         await killer.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'turnstore' AND pid <> pg_backend_pid()"
+            f"WHERE application_name = 'turnstore:{pg_target.schema}'"
         )
 
     try:

@@ -223,15 +223,15 @@ class Backend(ABC):
         return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
     async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run a write; if the connection broke, drop the pool's connections and run it
-        once more. Callers make their writes safe to repeat (fencing tokens, step numbers,
-        turn ids), so an attempt whose COMMIT was lost is recognised, not duplicated."""
+        """Run a read or a write; if the connection broke, drop the pool's connections and
+        run it once more. Writes are made safe to repeat (fencing tokens, step numbers, turn
+        ids), so an attempt whose COMMIT was lost is recognised, not duplicated."""
         try:
             return await attempt()
         except Exception as exc:
             if not any(self.is_connection_error(e) for e in _causes(exc)):
                 raise
-            log.warning("database connection lost during a write (%s); retrying", exc)
+            log.warning("database connection lost (%s); retrying once", exc)
             await self.engine.dispose(close=False)
         return await attempt()
 

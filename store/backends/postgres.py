@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS turnstore_migrations (
 
 
 def create_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngine:
-    settings = {"application_name": "turnstore"}
+    # pg_stat_activity shows which store (and which schema) a connection belongs to.
+    settings = {"application_name": f"turnstore:{schema}" if schema else "turnstore"}
     if schema is not None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
