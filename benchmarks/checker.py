@@ -123,7 +123,3 @@ def _check_conversation(rows: list[CheckRow], positions: bool) -> Counter[str]:
         span = rows[-1].position - rows[0].position + 1
         out["position_gaps"] += span - len({r.position for r in rows})
     return out
-
-
-def total(violations: dict[str, int]) -> int:
-    return sum(violations.values())

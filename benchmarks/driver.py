@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
@@ -71,7 +72,6 @@ class Driver:
             outer.cancel_scope.cancel()
         if hard.cancelled_caught:
             self.stats.errors["hard stop after the grace period"] += 1
-        self.stats.elapsed = anyio.current_time() - start
         return self.stats
 
     async def _ticker(self, start: float) -> None:
@@ -91,83 +91,104 @@ class Driver:
                 self.stats.double_submits += 1
                 async with anyio.create_task_group() as tg:
                     for _ in range(2):
-                        tg.start_soon(self._turn, random.Random(rng.getrandbits(64)), conv, text, key)
+                        tg.start_soon(
+                            self._turn, random.Random(rng.getrandbits(64)), conv, text, key
+                        )
             else:
                 await self._turn(rng, conv, text, key)
 
     async def _turn(self, rng: random.Random, conv: str, text: str, key: str | None) -> None:
-        p, a, st = self.params, self.adapter, self.stats
-        interrupt_step = rng.randrange(p.steps) if p.steps and rng.random() < p.interrupt else -1
+        p, st = self.params, self.stats
+        cut_step = rng.randrange(p.steps) if p.steps and rng.random() < p.interrupt else -1
         cut_at = rng.random()
+        turn = await self._begin(conv, text, key)
+        if turn is None:
+            return
+        where = _Cursor()
+        finished = False
         try:
-            turn = await a.begin_turn(conv, text, key)
+            with anyio.CancelScope() as scope:
+                try:
+                    for i in range(p.steps):
+                        cut = (scope, cut_at) if i == cut_step else None
+                        await self._step(turn, conv, rng, i, where, cut)
+                    where.phase = "finish"
+                    await self.adapter.finish_turn(turn)
+                    finished = True
+                    st.turns_committed += 1
+                    if anyio.current_time() < self._deadline:
+                        st.turns_in_window += 1
+                except Exception as exc:
+                    st.errors[f"{where.phase}: {type(exc).__name__}"] += 1
+            if scope.cancelled_caught:
+                st.interrupts[where.phase] += 1
+        finally:
+            if not finished:
+                await self._interrupted(turn, where.partial)
+
+    async def _begin(self, conv: str, text: str, key: str | None) -> object | None:
+        """The turn handle, or None if there is no turn to run (refused, a duplicate, or an
+        error, each counted)."""
+        st = self.stats
+        try:
+            turn = await self.adapter.begin_turn(conv, text, key)
         except TurnRefused:
             st.busy_refused += 1
-            return
+            return None
         except Exception as exc:
             st.errors[f"begin_turn: {type(exc).__name__}"] += 1
-            return
+            return None
         if isinstance(turn, Duplicate):
             st.duplicates_refused += 1
             try:
                 await turn.wait()
             except Exception as exc:
                 st.errors[f"duplicate wait: {type(exc).__name__}"] += 1
-            return
+            return None
         st.turns_started += 1
-        partial: PartialStep | None = None
-        phase = "model"
-        finished = False
-        try:
-            with anyio.CancelScope() as scope:
-                try:
-                    for s in range(p.steps):
-                        plan = self.factory.step(rng, s)
-                        partial = PartialStep(plan.assistant_text, plan.calls)
-                        armed = s == interrupt_step
-                        if armed:
-                            scope.deadline = anyio.current_time() + cut_at * self._expected_s(plan)
-                        phase = "model"
-                        await _sleep(self.factory.model_seconds(rng))
-                        phase = "write"
-                        t0 = time.perf_counter()
-                        await a.step_started(turn, plan.assistant_text, plan.calls)
-                        write_s = time.perf_counter() - t0
-                        ran = 0.0
-                        for result, secs in sorted(
-                            zip(plan.results, plan.tool_seconds, strict=True), key=lambda x: x[1]
-                        ):
-                            phase = "tools"
-                            await _sleep(secs - ran)
-                            ran = secs
-                            partial.results.append(result)
-                            phase = "write"
-                            t0 = time.perf_counter()
-                            await a.tool_finished(turn, result)
-                            write_s += time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        await a.commit_step(turn, plan.assistant_text, plan.calls, plan.results)
-                        write_s += time.perf_counter() - t0
-                        partial = None
-                        self._step_committed(conv, plan, write_s)
-                        if armed and not scope.cancel_called:
-                            phase = "between steps"
-                            scope.deadline = math.inf
-                            scope.cancel()
-                            await anyio.lowlevel.checkpoint()
-                    phase = "finish"
-                    await a.finish_turn(turn)
-                    finished = True
-                    st.turns_committed += 1
-                    if anyio.current_time() < self._deadline:
-                        st.turns_in_window += 1
-                except Exception as exc:
-                    st.errors[f"{phase}: {type(exc).__name__}"] += 1
-            if scope.cancelled_caught:
-                st.interrupts[phase] += 1
-        finally:
-            if not finished:
-                await self._interrupted(turn, partial)
+        return turn
+
+    async def _step(
+        self,
+        turn: object,
+        conv: str,
+        rng: random.Random,
+        index: int,
+        where: _Cursor,
+        cut: tuple[anyio.CancelScope, float] | None,
+    ) -> None:
+        """One step: the model answers, the tools run (in parallel; each result is reported
+        as it finishes), the step commits. ``cut``: the turn's scope and where in this step
+        to cancel it."""
+        a = self.adapter
+        plan = self.factory.step(rng, index)
+        if cut is not None:
+            cut[0].deadline = anyio.current_time() + cut[1] * self._expected_s(plan)
+        where.phase = "model"
+        await _sleep(self.factory.model_seconds(rng))
+        where.partial = PartialStep(plan.assistant_text, plan.calls)
+        write_s = await _timed(where, a.step_started(turn, plan.assistant_text, plan.calls))
+        ran = 0.0
+        by_end = sorted(zip(plan.results, plan.tool_seconds, strict=True), key=_second)
+        for i, (result, secs) in enumerate(by_end):
+            where.phase = "tools"
+            if i == 0 or secs > ran:
+                await _sleep(secs - ran)
+            ran = secs
+            where.partial.results.append(result)
+            write_s += await _timed(where, a.tool_finished(turn, result))
+        write_s += await _timed(
+            where, a.commit_step(turn, plan.assistant_text, plan.calls, plan.results)
+        )
+        where.partial = None
+        self._step_committed(conv, plan, write_s)
+        if cut is not None:
+            # the cut point fell after the commit (or inside a write the system shields)
+            where.phase = "between steps"
+            if not cut[0].cancel_called:
+                cut[0].deadline = math.inf
+                cut[0].cancel()
+            await anyio.lowlevel.checkpoint()
 
     async def _interrupted(self, turn: object, partial: PartialStep | None) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(INTERRUPT_HANDLER_TIMEOUT_S):
@@ -190,6 +211,29 @@ class Driver:
         self._write_s += (write_s - self._write_s) * 0.05
 
 
+@dataclass(slots=True)
+class _Cursor:
+    """Where a turn is, and the step it is in (what the adapter is told if it is cut)."""
+
+    phase: str = "model"
+    partial: PartialStep | None = None
+
+
+async def _timed(where: _Cursor, write: Awaitable[None]) -> float:
+    """Run one of the adapter's write calls; its duration in seconds."""
+    where.phase = "write"
+    t0 = time.perf_counter()
+    await write
+    return time.perf_counter() - t0
+
+
+def _second(pair: tuple[object, float]) -> float:
+    return pair[1]
+
+
 async def _sleep(seconds: float) -> None:
+    """Think time; with none, still one checkpoint, as the real await would be."""
     if seconds > 0:
         await anyio.sleep(seconds)
+    else:
+        await anyio.lowlevel.checkpoint()

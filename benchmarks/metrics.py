@@ -17,7 +17,6 @@ class RunStats:
     """Filled by the driver while it runs one system."""
 
     duration: float = 0.0  # the timed window, seconds
-    elapsed: float = 0.0  # until the last in-flight turn drained
     steps_in_window: int = 0  # steps committed before the deadline (the rate's numerator)
     turns_in_window: int = 0
     steps_committed: int = 0  # all steps committed, drain included
@@ -47,15 +46,17 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (``ru_maxrss``, KiB on Linux)."""
+    """This process's peak resident set size (``ru_maxrss``, KiB on Linux) since it started
+    or since ``reset_peak_rss``."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def current_rss_mb() -> float:
-    """This process's resident set size now (Linux ``/proc/self/statm``)."""
+def reset_peak_rss() -> bool:
+    """Lower the peak to the current RSS (Linux: ``echo 5 > /proc/self/clear_refs`` resets
+    VmHWM, which ``ru_maxrss`` reports). False where that is not possible."""
     try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
     except OSError:
-        return 0.0
-    return pages * resource.getpagesize() / (1024.0 * 1024.0)
+        return False
+    return True

@@ -85,7 +85,9 @@ def _agent_items(rows: Iterable[tuple[str, str]]) -> list[CheckRow]:
     return out
 
 
-async def read_agent_items_pg(dsn: str, schema: str, table: str = "agent_messages") -> list[CheckRow]:
+async def read_agent_items_pg(
+    dsn: str, schema: str, table: str = "agent_messages"
+) -> list[CheckRow]:
     conn = await asyncpg.connect(dsn, server_settings={"search_path": check_schema_name(schema)})
     try:
         rows = await conn.fetch(_AGENT_ITEMS_SQL.format(table=table))

@@ -29,10 +29,10 @@ class WorkloadParams:
         return self.pool_size or max(2, min(2 * self.workers, 32))
 
 
-_WORDS = (
-    "hero section pricing team contact about features gallery testimonial footer header "
-    "launch studio design craft modern bold clean fresh quick build ship grow scale trust "
-    "customers partners story mission values journey plans monthly yearly support docs"
+_WORDS = (  # noqa: SIM905 (a word list reads better as text)
+    "hero section pricing team contact about features gallery testimonial footer header launch "
+    "studio design craft modern bold clean fresh quick build ship grow scale trust customers "
+    "partners story mission values journey plans monthly yearly support docs"
 ).split()
 _TAGS = ("section", "div", "article", "aside", "header", "footer")
 _TOOLS = ("read_document", "insertHtml", "updateToken", "setStyle", "listSections")
@@ -45,7 +45,9 @@ def _words(rng: random.Random, n: int) -> str:
 def html_snippet(rng: random.Random, size: int) -> str:
     """An HTML fragment of about ``size`` bytes, as a site-building tool returns."""
     tag = rng.choice(_TAGS)
-    parts = [f'<{tag} class="{rng.choice(_WORDS)}-{rng.randrange(100)}" id="s{rng.randrange(10**6)}">']
+    parts = [
+        f'<{tag} class="{rng.choice(_WORDS)}-{rng.randrange(100)}" id="s{rng.randrange(10**6)}">'
+    ]
     n = len(parts[0])
     while n < size - 20:
         kind = rng.randrange(4)
@@ -68,8 +70,8 @@ def html_snippet(rng: random.Random, size: int) -> str:
 
 
 class PayloadPool:
-    """Pre-generated HTML snippets, log-uniformly from ``min_bytes`` to ``max_bytes``, so that
-    payload generation costs the driver almost nothing during the timed run."""
+    """Pre-generated HTML snippets, log-uniformly from ``min_bytes`` to ``max_bytes``, and
+    short phrases, so that making a step costs the driver little during the timed run."""
 
     def __init__(self, seed: int, count: int = 256, min_bytes: int = 300, max_bytes: int = 4096):
         rng = random.Random(f"payloads:{seed}")
@@ -77,9 +79,13 @@ class PayloadPool:
         self.snippets = [
             html_snippet(rng, int(min_bytes * ratio ** rng.random())) for _ in range(count)
         ]
+        self.phrases = [_words(rng, rng.randint(4, 16)) for _ in range(count)]
 
     def pick(self, rng: random.Random) -> str:
         return self.snippets[rng.randrange(len(self.snippets))]
+
+    def phrase(self, rng: random.Random) -> str:
+        return self.phrases[rng.randrange(len(self.phrases))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +105,13 @@ def call_id(rng: random.Random) -> str:
 
 
 def _arguments(rng: random.Random, tool: str, payloads: PayloadPool) -> dict[str, object]:
+    """Small JSON arguments; ``insertHtml`` carries up to 600 bytes of HTML."""
     if tool == "insertHtml":
-        return {"selector": f"#s{rng.randrange(10**6)}", "position": "beforeend", "html": payloads.pick(rng)[:600]}
+        return {
+            "selector": f"#s{rng.randrange(10**6)}",
+            "position": "beforeend",
+            "html": payloads.pick(rng)[:600],
+        }
     if tool == "read_document":
         return {"documentId": f"doc_{rng.getrandbits(32):08x}"}
     if tool == "updateToken":
@@ -117,7 +128,7 @@ class TurnFactory:
 
     def user_text(self, rng: random.Random) -> str:
         return (
-            f"Build the {_words(rng, 2)} section of the site, {_words(rng, 6)} "
+            f"Build the {self.payloads.phrase(rng)} section of the site "
             f"(request {rng.getrandbits(64):016x})"
         )
 
@@ -131,7 +142,7 @@ class TurnFactory:
             c = ToolCall(call_id(rng), tool, _arguments(rng, tool, self.payloads))
             calls.append(c)
             results.append(ToolResult(c.id, tool, self.payloads.pick(rng)))
-        text = f"[{token}] Step {index + 1}: {_words(rng, rng.randint(6, 20))}."
+        text = f"[{token}] Step {index + 1}: {self.payloads.phrase(rng)}."
         mean = self.params.think_ms / 1000.0
         seconds = tuple(mean * (0.5 + rng.random()) for _ in range(k))
         return StepPlan(token, text, tuple(calls), tuple(results), seconds)

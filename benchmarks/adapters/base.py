@@ -125,8 +125,11 @@ class Adapter(ABC, Generic[TurnT]):
     #: True if ``begin_turn`` honours idempotency keys; the driver then sends a double submit
     #: twice with one key, otherwise twice without a key (as a browser does)
     supports_idempotency: ClassVar[bool] = False
-    #: True if the adapter measures lock waits (``record_lock_wait``); else shown as n/a
+    #: True if the adapter's lock waits are known: measured with ``record_lock_wait``, or
+    #: none because it takes no lock. False (shown as n/a) for locks it cannot observe.
     reports_lock_wait: ClassVar[bool] = False
+    #: True if rows carry a stored position (the checker then counts position gaps)
+    stores_positions: ClassVar[bool] = True
 
     def __init__(self, options: AdapterOptions) -> None:
         self.options = options
@@ -173,7 +176,9 @@ class Adapter(ABC, Generic[TurnT]):
         for a repeated key; raise ``TurnRefused`` if the conversation is busy and the system
         refuses rather than waits."""
 
-    async def step_started(self, turn: TurnT, assistant_text: str, calls: Sequence[ToolCall]) -> None:
+    async def step_started(
+        self, turn: TurnT, assistant_text: str, calls: Sequence[ToolCall]
+    ) -> None:
         """The model answered with ``assistant_text`` and ``calls`` (tools start now)."""
 
     async def tool_finished(self, turn: TurnT, result: ToolResult) -> None:

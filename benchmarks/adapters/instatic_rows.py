@@ -3,10 +3,11 @@ backends and the rows a turn produces in it.
 
 Row shape (DESIGN.md): ``ai_messages(id, conversation_id, position, role, content_json,
 tool_call_id, tool_name, created_at)``, unique ``(conversation_id, position)``; the token and
-cost columns are left out. One assistant row per tool call (the step's text goes in the first
-one), then one ``tool`` row per result. Unlike Instatic, a successful result keeps its output
-(``{"kind": "toolResult", "ok": true, "output": ...}``) so that every system under test
-stores the same payload bytes.
+cost columns are left out. Positions count from 0. A step is an assistant text row (the
+runner's ``text`` event), one assistant row per tool call, then one ``tool`` row per result,
+as in ``shared/fixtures/instatic-bricked-conversation.json``. Unlike Instatic, a successful
+result keeps its output (``{"kind": "toolResult", "ok": true, "output": ...}``) so that every
+system under test stores the same payload bytes.
 """
 
 from __future__ import annotations
@@ -57,13 +58,10 @@ def user_row(text: str) -> Row:
 
 
 def assistant_rows(text: str, calls: Sequence[ToolCall]) -> list[Row]:
-    if not calls:
-        return [("assistant", _dumps([{"kind": "text", "text": text}]), None, None)]
-    rows: list[Row] = []
-    for i, c in enumerate(calls):
-        blocks: list[dict[str, object]] = [{"kind": "text", "text": text}] if i == 0 else []
-        blocks.append({"kind": "toolCall", "toolCallId": c.id, "toolName": c.name, "input": c.arguments})
-        rows.append(("assistant", _dumps(blocks), c.id, c.name))
+    rows: list[Row] = [("assistant", _dumps([{"kind": "text", "text": text}]), None, None)]
+    for c in calls:
+        block = {"kind": "toolCall", "toolCallId": c.id, "toolName": c.name, "input": c.arguments}
+        rows.append(("assistant", _dumps([block]), c.id, c.name))
     return rows
 
 
@@ -82,13 +80,15 @@ def positioned(conversation_id: str, first: int, rows: Iterable[Row]) -> list[tu
     return [(conversation_id, first + i, *row) for i, row in enumerate(rows)]
 
 
-def preload_records(turns: Iterable[PreloadTurn], next_pos: dict[str, int]) -> Iterator[tuple[object, ...]]:
-    """Insert-ready rows for finished history; advances ``next_pos`` (default 1)."""
+def preload_records(
+    turns: Iterable[PreloadTurn], next_pos: dict[str, int]
+) -> Iterator[tuple[object, ...]]:
+    """Insert-ready rows for finished history; advances ``next_pos`` (default 0)."""
     for t in turns:
         rows = [user_row(t.user_text)]
         for text, calls, results in t.steps:
             rows.extend(step_rows(text, calls, results))
-        first = next_pos.get(t.conversation_id, 1)
+        first = next_pos.get(t.conversation_id, 0)
         next_pos[t.conversation_id] = first + len(rows)
         yield from positioned(t.conversation_id, first, rows)
 

@@ -37,6 +37,7 @@ class PgTurn:
 
 class RawPgAdapter(Adapter[PgTurn]):
     name = "raw"
+    reports_lock_wait = True  # it takes no lock: every wait is 0
 
     _pool: asyncpg.Pool | None = None
     _dsn: str = ""
@@ -67,12 +68,18 @@ class RawPgAdapter(Adapter[PgTurn]):
 
     # --- turns ----------------------------------------------------------------------------
 
-    async def begin_turn(self, conversation_id: str, user_text: str, idempotency_key: str | None) -> PgTurn:
+    async def begin_turn(
+        self, conversation_id: str, user_text: str, idempotency_key: str | None
+    ) -> PgTurn:
         await self._write(conversation_id, [rows_.user_row(user_text)])
         return PgTurn(conversation_id)
 
     async def commit_step(
-        self, turn: PgTurn, assistant_text: str, calls: Sequence[ToolCall], results: Sequence[ToolResult]
+        self,
+        turn: PgTurn,
+        assistant_text: str,
+        calls: Sequence[ToolCall],
+        results: Sequence[ToolResult],
     ) -> None:
         await self._write(turn.conversation_id, rows_.step_rows(assistant_text, calls, results))
 
@@ -95,7 +102,9 @@ class RawPgAdapter(Adapter[PgTurn]):
             async with self._pool.acquire() as conn:
                 await self._insert(conn, conversation_id, rows)
 
-    async def _insert(self, conn: asyncpg.Connection, conversation_id: str, rows: list[rows_.Row]) -> None:
-        first = self._next_pos.get(conversation_id, 1)
+    async def _insert(
+        self, conn: asyncpg.Connection, conversation_id: str, rows: list[rows_.Row]
+    ) -> None:
+        first = self._next_pos.get(conversation_id, 0)
         self._next_pos[conversation_id] = first + len(rows)
         await conn.executemany(INSERT, rows_.positioned(conversation_id, first, rows))

@@ -21,7 +21,9 @@ class RawLockedPgAdapter(RawPgAdapter):
     name = "raw-locked"
     reports_lock_wait = True
 
-    async def _insert(self, conn: asyncpg.Connection, conversation_id: str, rows: list[rows_.Row]) -> None:
+    async def _insert(
+        self, conn: asyncpg.Connection, conversation_id: str, rows: list[rows_.Row]
+    ) -> None:
         async with conn.transaction():
             t0 = time.perf_counter()
             await conn.execute(LOCK, lock_key(conversation_id))

@@ -1,0 +1,43 @@
+"""Benchmark tests: PostgreSQL at $STORE_PG_URL (a missing server fails them, never skips),
+SQLite in temporary files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from benchmarks.dbtarget import parse_db_url
+
+PG_URL = os.environ.get("STORE_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> str:
+    return PG_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'bench.db'}"
+
+
+@pytest.fixture
+def bench_schemas() -> Callable[[str], Awaitable[list[str]]]:
+    return _bench_schemas
+
+
+async def _bench_schemas(run_id: str) -> list[str]:
+    """Benchmark schemas of ``run_id`` still present (there should be none after a run)."""
+    conn = await asyncpg.connect(parse_db_url(PG_URL).asyncpg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE $1",
+            f"bench\\_%\\_{run_id}",
+        )
+    finally:
+        await conn.close()
+    return [r[0] for r in rows]
