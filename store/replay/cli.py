@@ -1,7 +1,8 @@
 """``replay``: print a provider request built from a stored conversation.
 
-    replay --provider P (--input FILE --format instatic | --db URL --conversation ID
-           [--table ai_messages]) [--unanswered synthesize|drop]
+    replay --provider P (--input FILE --format instatic
+                        | --db URL --conversation ID [--format store|instatic] [--table T])
+           [--unanswered synthesize|drop] [--last N] [--schema S]
 
 Prints one JSON object: the provider's body fields plus ``"repairs"``. Exit 0 whenever a
 body was produced; exit 2, with a one-line error on stderr, for bad arguments or input
@@ -16,14 +17,48 @@ import json
 import sys
 from typing import NoReturn, TextIO
 
+import anyio
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..errors import SchemaError
+from ..history import read_history
+from ..messages import StoredMessage
+from ..store import check_schema, make_backend
 from . import PROVIDERS, build_request
 from .model import Message
-from .readers import ReplayInputError, load_instatic_file, read_instatic_table
+from .readers import (
+    ReplayInputError,
+    from_stored_messages,
+    load_instatic_file,
+    read_instatic_table,
+)
 
-FORMATS = ("instatic",)
-SOURCE_KINDS = ("instatic-file", "instatic-table")
+
+async def read_store_history(
+    url: str, conversation_id: str, *, schema: str | None = None, last: int | None = None
+) -> list[StoredMessage]:
+    """A conversation's committed history, read from a turnstore database."""
+    parsed = make_url(url)
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and not await anyio.Path(parsed.database or "").is_file()
+    ):
+        raise ReplayInputError(f"no SQLite database at {parsed.database!r}")
+    backend = make_backend(parsed, schema=schema)
+    try:
+        await check_schema(backend)
+        async with backend.read() as tx:
+            history = await read_history(tx, conversation_id, last)
+    finally:
+        await backend.close()
+    if not history:
+        raise ReplayInputError(f"no messages for conversation {conversation_id!r}")
+    return history
+
+
+FORMATS = ("instatic", "store")
+SOURCE_KINDS = ("instatic-file", "instatic-table", "store")
 
 
 async def read_source(
@@ -32,14 +67,22 @@ async def read_source(
     *,
     conversation_id: str | None = None,
     table: str = "ai_messages",
+    schema: str | None = None,
+    last: int | None = None,
 ) -> list[Message]:
     """The CLI's one entry to input: canonical messages for a source of kind ``kind``.
 
     - ``"instatic-file"``: ``location`` is a JSON dump of ``ai_messages`` rows.
     - ``"instatic-table"``: ``location`` is a SQLAlchemy async URL; reads ``table``.
-
-    Reading the store's own history is to be added here as another kind.
+    - ``"store"``: ``location`` is a turnstore database URL (``schema`` on PostgreSQL);
+      ``last`` keeps about the last N messages without cutting a step.
     """
+    if kind == "store":
+        if not conversation_id:
+            raise ReplayInputError("--db needs --conversation ID")
+        return from_stored_messages(
+            await read_store_history(location, conversation_id, schema=schema, last=last)
+        )
     if kind == "instatic-file":
         return load_instatic_file(location, conversation_id=conversation_id)
     if kind == "instatic-table":
@@ -69,9 +112,13 @@ def _parser() -> _Parser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", metavar="FILE", help="a JSON dump of stored rows")
     source.add_argument("--db", metavar="URL", help="a SQLAlchemy async database URL")
-    parser.add_argument("--format", help="format of --input: " + ", ".join(FORMATS))
+    parser.add_argument(
+        "--format", help="instatic (--input, or an ai_messages table with --db) or store (--db)"
+    )
     parser.add_argument("--conversation", metavar="ID", help="conversation id (needed by --db)")
-    parser.add_argument("--table", default="ai_messages", help="table for --db")
+    parser.add_argument("--table", default="ai_messages", help="Instatic table for --db")
+    parser.add_argument("--schema", default=None, help="PostgreSQL schema of a store")
+    parser.add_argument("--last", type=int, default=None, help="about the last N messages")
     parser.add_argument("--unanswered", default="synthesize", help="synthesize or drop")
     return parser
 
@@ -82,12 +129,14 @@ def _source(args: argparse.Namespace) -> tuple[str, str]:
     if args.unanswered not in ("synthesize", "drop"):
         raise _UsageError(f"--unanswered must be synthesize or drop, not {args.unanswered!r}")
     if args.input is not None:
-        if args.format not in FORMATS:
-            raise _UsageError(f"--input needs --format {' | '.join(FORMATS)}, got {args.format!r}")
+        if args.format != "instatic":
+            raise _UsageError(f"--input needs --format instatic, got {args.format!r}")
         return "instatic-file", args.input
     if not args.conversation:
         raise _UsageError("--db needs --conversation ID")
-    return "instatic-table", args.db
+    if args.format not in (None, *FORMATS):
+        raise _UsageError(f"--format must be one of {', '.join(FORMATS)}, got {args.format!r}")
+    return ("instatic-table" if args.format == "instatic" else "store"), args.db
 
 
 def _one_line(exc: BaseException) -> str:
@@ -106,14 +155,21 @@ def run_replay(
         args = _parser().parse_args(argv)
         kind, location = _source(args)
         messages = asyncio.run(
-            read_source(kind, location, conversation_id=args.conversation, table=args.table)
+            read_source(
+                kind,
+                location,
+                conversation_id=args.conversation,
+                table=args.table,
+                schema=args.schema,
+                last=args.last,
+            )
         )
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     except _UsageError as exc:
         print(f"replay: error: {exc}", file=err)
         return 2
-    except (ReplayInputError, SQLAlchemyError, OSError, ImportError) as exc:
+    except (ReplayInputError, SchemaError, SQLAlchemyError, OSError, ValueError) as exc:
         print(f"replay: error: {_one_line(exc)}", file=err)
         return 2
     body, repairs = build_request(messages, args.provider, unanswered=args.unanswered)

@@ -140,8 +140,7 @@ def match_results(units: list[Unit], repairs: list[Repair]) -> None:
                     "orphan_result",
                     result.position,
                     result.call_id,
-                    f"no tool call {result.call_id!r} ({result.name}) anywhere before this "
-                    "result; dropped",
+                    f"no tool call {result.call_id!r} ({result.name}) in the history; dropped",
                 )
             )
 
@@ -155,10 +154,14 @@ def close_unanswered(units: list[Unit], unanswered: Unanswered, repairs: list[Re
     """Give each call with no result a synthetic error result, or drop it. A call that repeats
     an identical call with the same id (a duplicated row) is dropped in either mode."""
     calls = [c for u in units if isinstance(u, Step) for c in u.calls]
+    order = {call: index for index, call in enumerate(calls)}
+    same_id: dict[str, list[Call]] = {}
+    for call in calls:
+        same_id.setdefault(call.call.id, []).append(call)
     for index, call in enumerate(calls):
         if call.result is not None:
             continue
-        if any(_twin(call, other, other_index < index) for other_index, other in enumerate(calls)):
+        if any(_twin(call, other, order[other] < index) for other in same_id[call.call.id]):
             call.dropped = True
             repairs.append(
                 Repair(
@@ -193,7 +196,7 @@ def close_unanswered(units: list[Unit], unanswered: Unanswered, repairs: list[Re
 
 
 def _twin(call: Call, other: Call, other_is_earlier: bool) -> bool:
-    if other is call or other.dropped or other.call.id != call.call.id:
+    if other is call or other.dropped:
         return False
     if other.call.name != call.call.name or other.call.arguments != call.call.arguments:
         return False
@@ -205,11 +208,13 @@ def rename_reused_ids(units: list[Unit], repairs: list[Repair]) -> None:
     kept = [c for u in units if isinstance(u, Step) for c in u.calls if not c.dropped]
     taken = {c.call.id for c in kept}
     seen: set[str] = set()
+    suffix: dict[str, int] = {}
     for call in kept:
         if call.call.id in seen:
-            n = 2
+            n = suffix.get(call.call.id, 2)
             while f"{call.call.id}_{n}" in taken:
                 n += 1
+            suffix[call.call.id] = n + 1
             call.final_id = f"{call.call.id}_{n}"
             taken.add(call.final_id)
             repairs.append(

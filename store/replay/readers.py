@@ -18,6 +18,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ..messages import StoredMessage
+from ..messages import ToolCall as StoredToolCall
 from .model import (
     AnthropicRedactedThinking,
     AnthropicThinking,
@@ -122,7 +123,7 @@ def _stored_reasoning(part: Mapping[str, Any], where: str) -> Reasoning | None:
     return None
 
 
-def _stored_call(call: Any) -> ToolCall:
+def _stored_call(call: StoredToolCall) -> ToolCall:
     extra: Mapping[str, Any] = call.provider_data or {}
     signature = extra.get("thought_signature", extra.get("thoughtSignature"))
     return ToolCall(

@@ -78,6 +78,11 @@ def _hoist_systems(
     systems: list[SystemMessage] = []
     rest: list[Message] = []
     for message in messages:
+        if not isinstance(message, SystemMessage | UserMessage | AssistantMessage | ToolResult):
+            raise TypeError(
+                f"sanitize takes replay model messages, got {type(message).__name__} "
+                "(convert stored rows with store.replay.readers first)"
+            )
         if isinstance(message, SystemMessage):
             if rest:
                 repairs.append(

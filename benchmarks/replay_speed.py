@@ -1,0 +1,109 @@
+"""Replay speed: a long conversation from the database to a provider body, against a raw
+SELECT of the same rows plus JSON decoding, side by side in one run.
+
+    python -m benchmarks.replay_speed [--db URL] [--messages 10000] [--repeat 7]
+
+It writes the conversation through the store (K=3 parallel calls per step, HTML results
+of a few hundred bytes), then times, alternately and ``--repeat`` times each, (a) the
+ceiling: asyncpg ``SELECT`` of the message rows and ``json.loads`` of their JSON columns,
+and (b) ``store.history`` -> ``from_stored_messages`` -> ``build_request`` for each
+provider. It prints the medians and the ratios (b)/(a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import uuid
+
+import anyio
+import asyncpg
+
+from store import AssistantMessage, Store, ToolCall, ToolResult
+from store.replay import PROVIDERS, build_request
+from store.replay.readers import from_stored_messages
+
+from .dbtarget import parse_db_url
+
+RAW_SELECT = (
+    "SELECT position, role, turn_id, step, tool_call_count, content::text, tool_call_id,"
+    " tool_name, tool_arguments::text, tool_call_data::text, is_error, created_at"
+    " FROM turnstore_messages WHERE conversation_id = $1 ORDER BY position"
+)
+
+
+async def _fill(store: Store, conversation_id: str, messages: int) -> int:
+    html = "<section class='hero'><h1>Bakery</h1><p>" + "fresh bread " * 30 + "</p></section>"
+    written = 0
+    while written < messages:
+        turn = await store.begin_turn(conversation_id, f"prompt {written}")
+        written += 1
+        for s in range(4):
+            calls = [ToolCall(f"{turn.id}_{s}_{k}", "insertHtml", {"html": html}) for k in range(3)]
+            await turn.commit_step(
+                AssistantMessage(f"step {s}", calls), [ToolResult(c.id, html) for c in calls]
+            )
+            written += 4
+        await turn.finish("done")
+        written += 1
+    return written
+
+
+async def _raw(dsn: str, schema: str, conversation_id: str) -> int:
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        rows = await conn.fetch(RAW_SELECT, conversation_id)
+        decoded = [
+            (json.loads(r[5]), r[8] and json.loads(r[8]), r[9] and json.loads(r[9])) for r in rows
+        ]
+        return len(decoded)
+    finally:
+        await conn.close()
+
+
+async def main_async(url: str, messages: int, repeat: int) -> None:
+    target = parse_db_url(url)
+    if target.backend != "postgres" or target.asyncpg_dsn is None:
+        raise SystemExit("replay_speed runs on PostgreSQL")
+    schema = f"replay_speed_{uuid.uuid4().hex[:8]}"
+    store = await Store.open(target.sqlalchemy_url(schema), schema=schema)
+    try:
+        total = await _fill(store, "long", messages)
+        print(f"{total} messages stored in conversation 'long'")
+        times: dict[str, list[float]] = {"raw": [], **{p: [] for p in PROVIDERS}}
+        for _ in range(repeat):
+            start = time.perf_counter()
+            await _raw(target.asyncpg_dsn, schema, "long")
+            times["raw"].append(time.perf_counter() - start)
+            for provider in PROVIDERS:
+                start = time.perf_counter()
+                _, repairs = build_request(
+                    from_stored_messages(await store.history("long")), provider
+                )
+                times[provider].append(time.perf_counter() - start)
+                assert not repairs, repairs[:3]
+        base = statistics.median(times["raw"])
+        print(f"{'path':<20}{'median ms':>10}{'ratio':>8}")
+        for name, values in times.items():
+            median = statistics.median(values)
+            print(f"{name:<20}{median * 1000:>10.1f}{median / base:>8.2f}")
+    finally:
+        await store.close()
+        conn = await asyncpg.connect(target.asyncpg_dsn)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.replay_speed")
+    parser.add_argument("--db", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    anyio.run(main_async, args.db, args.messages, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
