@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from .backends.base import StepWrite, Tx
+from .backends.base import ClaimRequest, ClaimRow, StepWrite, Tx
 from .errors import ConversationBusy, InvalidMessage
 from .messages import (
     INTERRUPTED,
@@ -135,6 +135,24 @@ async def _decide(
     async def attempt() -> Decision:
         nonlocal attempts
         attempts += 1
+        fast = await store.backend.claim_fast(
+            ClaimRequest(
+                lock_key=store.backend.lock_key(submit.conversation_id),
+                conversation_id=submit.conversation_id,
+                turn_id=turn_id,
+                idempotency_key=submit.idempotency_key,
+                content_hash=submit.content_hash,
+                content_json=submit.content_json,
+                owner=store.owner,
+                lease_seconds=store.config.lease_seconds,
+                window_seconds=store.config.duplicate_window_seconds,
+                fail_when_busy=on_busy == "fail",
+                first=first,
+                retry=attempts > 1,
+            )
+        )
+        if fast is not None and fast.decision != "recover":
+            return _from_row(fast, submit)
         async with store.backend.write(submit.conversation_id) as tx:
             if attempts > 1:
                 # The connection broke during the first attempt: did its COMMIT land?
@@ -145,6 +163,28 @@ async def _decide(
 
     with anyio.CancelScope(shield=True):
         return await store.backend.retrying(attempt)
+
+
+def _from_row(row: ClaimRow, submit: Submit) -> Decision:
+    if row.decision == "claimed":
+        assert row.next_position is not None
+        return Claimed(row.turn_id, row.epoch, row.next_position)
+    if row.decision == "duplicate":
+        return Duplicate(row.turn_id, row.status or "running")
+    if row.decision == "queued":
+        return Queued(row.turn_id)
+    if row.decision == "busy":
+        return Busy()
+    if row.decision == "key_reused":
+        raise _key_reused(submit)
+    raise AssertionError(f"unknown claim decision {row.decision!r}")
+
+
+def _key_reused(submit: Submit) -> InvalidMessage:
+    return InvalidMessage(
+        f"idempotency key {submit.idempotency_key!r} was already used in this "
+        "conversation for a different message"
+    )
 
 
 async def _own_landed_attempt(tx: Tx, turn_id: str, conversation_id: str) -> Decision | None:
@@ -226,10 +266,7 @@ async def _earlier_submit(store: Store, tx: Tx, submit: Submit) -> Any:
             idempotency_key=submit.idempotency_key,
         )
         if row is not None and row.content_hash != submit.content_hash:
-            raise InvalidMessage(
-                f"idempotency key {submit.idempotency_key!r} was already used in this "
-                "conversation for a different message"
-            )
+            raise _key_reused(submit)
         return row
     window = store.config.duplicate_window_seconds
     if not window:

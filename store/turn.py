@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from .backends.base import StepWrite, commit_step_in
+from .backends.base import StepWrite, TurnEnd
 from .errors import (
     DuplicateTurnWrite,
     IntegrityViolation,
@@ -263,20 +263,18 @@ class Turn:
             self._check_writable()
             write = self._write_for(final) if final is not None else None
 
+            end = TurnEnd(
+                lock_key=store.backend.lock_key(self.conversation_id),
+                conversation_id=self.conversation_id,
+                turn_id=self.id,
+                epoch=self.epoch,
+                status=status,
+                error=error,
+                final=write,
+            )
+
             async def attempt() -> str | None:
-                async with store.backend.write(self.conversation_id) as tx:
-                    if write is not None:
-                        refused = await commit_step_in(tx, write)
-                        if refused is not None:
-                            return refused
-                    touched = await tx.run(
-                        "end_turn", turn_id=self.id, epoch=self.epoch, status=status, error=error
-                    )
-                    if not touched:
-                        state = await tx.one("turn_state", turn_id=self.id)
-                        return f"{state.status}:{state.steps}" if state else "missing:-1"
-                    await tx.run("drop_staged_steps", turn_id=self.id)
-                    return None
+                return await store.backend.end_turn(end)
 
             with anyio.CancelScope(shield=True):
                 outcome = await self._run_write(attempt, write)

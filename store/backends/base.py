@@ -164,6 +164,49 @@ class StepWrite:
         return rows
 
 
+@dataclass(frozen=True, slots=True)
+class TurnEnd:
+    """Ending a turn: its fencing token, the status and error, an optional last step."""
+
+    lock_key: int
+    conversation_id: str
+    turn_id: str
+    epoch: int
+    status: str
+    error: str | None
+    final: StepWrite | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """The inputs of one claim decision (see ``store.claim``)."""
+
+    lock_key: int
+    conversation_id: str
+    turn_id: str
+    idempotency_key: str | None
+    content_hash: str
+    content_json: str
+    owner: str
+    lease_seconds: float
+    window_seconds: float
+    fail_when_busy: bool
+    first: bool
+    retry: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRow:
+    """A claim decision taken by the database: 'claimed', 'duplicate', 'queued', 'busy',
+    'key_reused' or 'recover' (take the general path)."""
+
+    decision: str
+    turn_id: str
+    status: str | None
+    epoch: int
+    next_position: int | None
+
+
 async def commit_step_in(tx: Tx, step: StepWrite) -> str | None:
     """Commit a step inside an open write transaction: check the turn's fencing token,
     then insert. Returns None, or ``'<status>:<steps>'`` having written nothing."""
@@ -209,6 +252,32 @@ class Backend(ABC):
         else ``'<status>:<steps>'`` of the turn, having written nothing."""
         async with self.write(step.conversation_id) as tx:
             return await commit_step_in(tx, step)
+
+    async def claim_fast(self, request: ClaimRequest) -> ClaimRow | None:
+        """Take the whole claim decision in one round trip, if the backend can; None means
+        "use the general path" (``store.claim``), which every backend supports."""
+        return None
+
+    async def end_turn(self, end: TurnEnd) -> str | None:
+        """End a running turn (committing ``end.final`` first, if given), fenced like a
+        step. Returns None, or ``'<status>:<steps>'`` of the turn having written nothing."""
+        async with self.write(end.conversation_id) as tx:
+            if end.final is not None:
+                refused = await commit_step_in(tx, end.final)
+                if refused is not None:
+                    return refused
+            touched = await tx.run(
+                "end_turn",
+                turn_id=end.turn_id,
+                epoch=end.epoch,
+                status=end.status,
+                error=end.error,
+            )
+            if not touched:
+                state = await tx.one("turn_state", turn_id=end.turn_id)
+                return f"{state.status}:{state.steps}" if state else "missing:-1"
+            await tx.run("drop_staged_steps", turn_id=end.turn_id)
+            return None
 
     @abstractmethod
     async def migrate(self) -> list[int]:

@@ -14,10 +14,15 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .. import sql
-from .base import Backend, StepWrite, Tx, lock_key
+from .base import Backend, ClaimRequest, ClaimRow, StepWrite, TurnEnd, Tx, lock_key
 
 _COMMIT_STEP = (
     "SELECT turnstore_commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+)
+_CLAIM = "SELECT * FROM turnstore_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+_END_TURN = (
+    "SELECT turnstore_end_turn("
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATIONS_TABLE = """
@@ -58,6 +63,50 @@ class PostgresBackend(Backend):
     async def commit_step(self, step: StepWrite) -> str | None:
         async with self.engine.connect() as conn:
             return await self._call_commit_step(await self._driver(conn), step)
+
+    async def claim_fast(self, request: ClaimRequest) -> ClaimRow | None:
+        r = request
+        async with self.engine.connect() as conn:
+            row = await (await self._driver(conn)).fetchrow(
+                _CLAIM,
+                r.lock_key,
+                r.conversation_id,
+                r.turn_id,
+                r.idempotency_key,
+                r.content_hash,
+                r.content_json,
+                r.owner,
+                r.lease_seconds,
+                r.window_seconds,
+                r.fail_when_busy,
+                r.first,
+                r.retry,
+            )
+        assert row is not None
+        return ClaimRow(*row)
+
+    async def end_turn(self, end: TurnEnd) -> str | None:
+        step = end.final
+        async with self.engine.connect() as conn:
+            return await (await self._driver(conn)).fetchval(  # type: ignore[no-any-return]
+                _END_TURN,
+                end.lock_key,
+                end.conversation_id,
+                end.turn_id,
+                end.epoch,
+                end.status,
+                end.error,
+                step.lease_seconds if step else None,
+                step.step if step else None,
+                step.position if step else None,
+                step.content_json if step else None,
+                step.call_ids if step else None,
+                step.tool_names if step else None,
+                step.arguments_json if step else None,
+                step.call_data_json if step else None,
+                step.results_json if step else None,
+                step.is_error if step else None,
+            )
 
     @staticmethod
     async def _call_commit_step(driver: asyncpg.Connection, step: StepWrite) -> str | None:
