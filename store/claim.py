@@ -298,20 +298,20 @@ async def _insert_turn(
 async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: float) -> Decision:
     cid = submit.conversation_id
     delay = store.config.poll_min_seconds
-    try:
-        while True:
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                break
-            with anyio.move_on_after(min(delay, remaining)):
-                await store.conversation_freed(cid)
-            decision = await _decide(store, submit, turn_id, "wait", first=False)
-            if not isinstance(decision, Queued):
-                return decision
-            delay = min(delay * 2, store.config.poll_max_seconds)
-    except BaseException:
-        await _give_up(store, cid, turn_id, "the submitter stopped waiting")
-        raise
+    with store.wakeups.queued(cid) as waiter:
+        try:
+            while True:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    break
+                await store.wakeups.sleep(waiter, min(delay, remaining))
+                decision = await _decide(store, submit, turn_id, "wait", first=False)
+                if not isinstance(decision, Queued):
+                    return decision
+                delay = min(delay * 2, store.config.poll_max_seconds)
+        except BaseException:
+            await _give_up(store, cid, turn_id, "the submitter stopped waiting")
+            raise
     await _give_up(store, cid, turn_id, "timed out waiting for the conversation")
     return Busy()
 
@@ -323,7 +323,7 @@ async def _give_up(store: Store, conversation_id: str, turn_id: str, why: str) -
 
     with anyio.CancelScope(shield=True):
         await store.backend.retrying(attempt)
-    store.turn_ended(conversation_id, turn_id)
+    store.wakeups.turn_ended(conversation_id, turn_id)
 
 
 async def recover_expired(store: Store, tx: Tx, conversation_id: str) -> list[str]:

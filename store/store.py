@@ -21,6 +21,7 @@ from .errors import SchemaError, TurnNotFound
 from .history import as_datetime, read_history
 from .messages import Content, Limits, StoredMessage
 from .turn import TERMINAL, Turn, TurnOutcome
+from .wakeups import LocalWakeups
 
 DEFAULT_URL = "sqlite+aiosqlite:///./conversations.db"
 
@@ -39,7 +40,9 @@ class StoreConfig:
     duplicate_window_seconds: float = 10.0
     """Keyless submits: the same user message while its turn runs, or this many seconds
     after it ended, is the same submit. 0 turns keyless de-duplication off."""
-    poll_min_seconds: float = 0.005
+    poll_min_seconds: float = 0.01
+    """A queued submit polls the database after this long, doubling up to the maximum (a
+    turn ending in the same process wakes the oldest local waiter at once)."""
     poll_max_seconds: float = 0.1
     limits: Limits = field(default_factory=Limits)
 
@@ -71,8 +74,7 @@ class Store:
         self.config = config
         self.limits = config.limits
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._freed: dict[str, anyio.Event] = {}
-        self._ended: dict[str, anyio.Event] = {}
+        self.wakeups = LocalWakeups()
 
     @staticmethod
     def open(
@@ -205,16 +207,16 @@ class Store:
         )
 
     async def wait_for_turn(self, turn_id: str) -> TurnOutcome:
-        """Wait until a turn has ended; return its outcome."""
-        delay = self.config.poll_min_seconds
+        """Wait until a turn has ended; return its outcome. A turn that ends in this process
+        wakes its waiters at once; one in another process is seen within a poll (0.5 s at
+        most)."""
+        delay = 0.05
         while True:
             info = await self.turn_status(turn_id)
             if info.status in TERMINAL:
                 return TurnOutcome(info.id, info.status, info.error, info.steps)
-            event = self._ended.setdefault(turn_id, anyio.Event())
-            with anyio.move_on_after(delay):
-                await event.wait()
-            delay = min(delay * 2, self.config.poll_max_seconds * 2)
+            await self.wakeups.sleep_until_ended(turn_id, delay)
+            delay = min(delay * 2, 0.5)
 
     async def history(
         self, conversation_id: str, *, last: int | None = None
@@ -227,19 +229,6 @@ class Store:
                 return await read_history(tx, conversation_id, last)
 
         return await self.backend.retrying(read)
-
-    # --- in-process wake-ups (an optimisation; polling alone is correct) ------------------
-
-    async def conversation_freed(self, conversation_id: str) -> None:
-        await self._freed.setdefault(conversation_id, anyio.Event()).wait()
-
-    def turn_ended(self, conversation_id: str, turn_id: str) -> None:
-        event = self._freed.pop(conversation_id, None)
-        if event is not None:
-            event.set()
-        ended = self._ended.pop(turn_id, None)
-        if ended is not None:
-            ended.set()
 
 
 class _Opening:
@@ -300,8 +289,8 @@ def make_backend(
         from .backends import postgres
 
         parsed = postgres.postgres_url(parsed)
-        engine = postgres.create_engine(parsed, schema, pool_size)
-        return postgres.PostgresBackend(engine, schema)
+        engine = postgres.create_engine(parsed, schema, max(2, pool_size // 4))
+        return postgres.PostgresBackend(engine, schema, pool_size)
     if parsed.get_backend_name() == "sqlite":
         from .backends import sqlite
 

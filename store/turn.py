@@ -285,7 +285,7 @@ class Turn:
             if write is not None:
                 self._committed(write)
             self.status = status
-        store.turn_ended(self.conversation_id, self.id)
+        store.wakeups.turn_ended(self.conversation_id, self.id)
 
     async def end_quietly(self, status: EndStatus, error: str) -> None:
         with contextlib.suppress(LeaseLost, TurnFinished):

@@ -64,6 +64,8 @@ CREATE TABLE turnstore_messages (
     is_error         boolean     NOT NULL DEFAULT false,
     created_at       timestamptz NOT NULL DEFAULT now(),
 
+    -- The turn a user message opens; a turn's other messages follow it (see the checker).
+    user_turn_id     text GENERATED ALWAYS AS (CASE WHEN role = 'user' THEN turn_id END) STORED,
     prev_position    bigint GENERATED ALWAYS AS (NULLIF(position, 0) - 1) STORED,
     chain_position   bigint GENERATED ALWAYS AS
                          (CASE WHEN role = 'tool' THEN position - 1 END) STORED,
@@ -74,7 +76,9 @@ CREATE TABLE turnstore_messages (
     PRIMARY KEY (conversation_id, position),
     UNIQUE (conversation_id, position, step_position, tool_call_count, step),
     UNIQUE (conversation_id, tool_call_id),
-    FOREIGN KEY (turn_id, conversation_id) REFERENCES turnstore_turns (id, conversation_id),
+    -- Checked once per turn, on its user message (a check on every row costs a row lock
+    -- of the turn per message).
+    FOREIGN KEY (user_turn_id, conversation_id) REFERENCES turnstore_turns (id, conversation_id),
 
     CONSTRAINT turnstore_message_shape CHECK (CASE role
         WHEN 'user' THEN step = 0 AND step_position = position AND tool_call_count = 0

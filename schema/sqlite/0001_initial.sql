@@ -55,6 +55,8 @@ CREATE TABLE turnstore_messages (
     is_error         INTEGER NOT NULL DEFAULT 0 CHECK (is_error IN (0, 1)),
     created_at       REAL    NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
 
+    -- The turn a user message opens; a turn's other messages follow it (see the checker).
+    user_turn_id     TEXT GENERATED ALWAYS AS (CASE WHEN role = 'user' THEN turn_id END) STORED,
     prev_position    INTEGER GENERATED ALWAYS AS (NULLIF(position, 0) - 1) STORED,
     chain_position   INTEGER GENERATED ALWAYS AS
                          (CASE WHEN role = 'tool' THEN position - 1 END) STORED,
@@ -65,7 +67,9 @@ CREATE TABLE turnstore_messages (
     PRIMARY KEY (conversation_id, position),
     UNIQUE (conversation_id, position, step_position, tool_call_count, step),
     UNIQUE (conversation_id, tool_call_id),
-    FOREIGN KEY (turn_id, conversation_id) REFERENCES turnstore_turns (id, conversation_id),
+    -- Checked once per turn, on its user message (a check on every row costs a row lock
+    -- of the turn per message).
+    FOREIGN KEY (user_turn_id, conversation_id) REFERENCES turnstore_turns (id, conversation_id),
 
     CONSTRAINT turnstore_message_shape CHECK (CASE role
         WHEN 'user' THEN step = 0 AND step_position = position AND tool_call_count = 0

@@ -301,8 +301,12 @@ class Backend(ABC):
             if not any(self.is_connection_error(e) for e in _causes(exc)):
                 raise
             log.warning("database connection lost (%s); retrying once", exc)
-            await self.engine.dispose(close=False)
+            await self.reset_connections()
         return await attempt()
+
+    async def reset_connections(self) -> None:
+        """Drop pooled connections (after a broken one: the server may have restarted)."""
+        await self.engine.dispose(close=False)
 
     def translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, IntegrityError):

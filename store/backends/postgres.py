@@ -1,5 +1,8 @@
 """PostgreSQL through asyncpg: transaction-level advisory locks serialise a conversation's
-writes, and a step commits in one round trip through ``turnstore_commit_step``."""
+writes. The three hot calls — begin a turn, commit a step, end a turn — are one round trip
+each to a SQL function (``turnstore_claim``, ``turnstore_commit_step``,
+``turnstore_end_turn``), sent on asyncpg's own pool; everything else (reads, migrations,
+the general claim path) goes through the SQLAlchemy engine."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
@@ -33,25 +37,79 @@ CREATE TABLE IF NOT EXISTS turnstore_migrations (
 )"""
 
 
-def create_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngine:
+def server_settings(schema: str | None) -> dict[str, str]:
     # pg_stat_activity shows which store (and which schema) a connection belongs to.
     settings = {"application_name": f"turnstore:{schema}" if schema else "turnstore"}
     if schema is not None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
         settings["search_path"] = schema
-    connect_args: dict[str, Any] = {"server_settings": settings}
+    return settings
+
+
+def create_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngine:
+    connect_args: dict[str, Any] = {"server_settings": server_settings(schema)}
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
     )
 
 
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    return None
+
+
 class PostgresBackend(Backend):
     dialect = "postgres"
 
-    def __init__(self, engine: AsyncEngine, schema: str | None) -> None:
+    def __init__(self, engine: AsyncEngine, schema: str | None, pool_size: int = 10) -> None:
         super().__init__(engine, namespace=schema or "public")
         self.schema = schema
+        self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = anyio.Lock()
+
+    async def _hot_pool(self) -> asyncpg.Pool:
+        """asyncpg's pool for the hot calls: a checkout costs a fraction of SQLAlchemy's,
+        and these calls need nothing else from it."""
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    url = self.engine.url.set(drivername="postgresql")
+                    self._pool = await asyncpg.create_pool(
+                        url.render_as_string(hide_password=False),
+                        min_size=0,
+                        max_size=self._pool_size,
+                        server_settings=server_settings(self.schema),
+                        # Each call is one autocommit statement that leaves no session
+                        # state behind (its advisory lock is transaction-scoped): skip the
+                        # default reset's extra round trip on every release.
+                        reset=_no_reset,
+                    )
+        return self._pool
+
+    async def _call(self, method: str, sql: str, *args: Any) -> Any:
+        pool = await self._hot_pool()
+        async with pool.acquire() as conn:
+            return await getattr(conn, method)(sql, *args)
+
+    async def reset_connections(self) -> None:
+        if self._pool is not None:
+            await self._pool.expire_connections()
+        await super().reset_connections()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        await super().close()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        # Reads run in autocommit: no BEGIN/ROLLBACK round trips. History is append-only
+        # and a step commits atomically, so statements need no shared snapshot.
+        async with self._read_engine.connect() as conn:
+            yield Tx(conn, self.statements)
 
     @asynccontextmanager
     async def write(self, conversation_id: str) -> AsyncIterator[Tx]:
@@ -61,57 +119,9 @@ class PostgresBackend(Backend):
             yield tx
 
     async def commit_step(self, step: StepWrite) -> str | None:
-        async with self.engine.connect() as conn:
-            return await self._call_commit_step(await self._driver(conn), step)
-
-    async def claim_fast(self, request: ClaimRequest) -> ClaimRow | None:
-        r = request
-        async with self.engine.connect() as conn:
-            row = await (await self._driver(conn)).fetchrow(
-                _CLAIM,
-                r.lock_key,
-                r.conversation_id,
-                r.turn_id,
-                r.idempotency_key,
-                r.content_hash,
-                r.content_json,
-                r.owner,
-                r.lease_seconds,
-                r.window_seconds,
-                r.fail_when_busy,
-                r.first,
-                r.retry,
-            )
-        assert row is not None
-        return ClaimRow(*row)
-
-    async def end_turn(self, end: TurnEnd) -> str | None:
-        step = end.final
-        async with self.engine.connect() as conn:
-            return await (await self._driver(conn)).fetchval(  # type: ignore[no-any-return]
-                _END_TURN,
-                end.lock_key,
-                end.conversation_id,
-                end.turn_id,
-                end.epoch,
-                end.status,
-                end.error,
-                step.lease_seconds if step else None,
-                step.step if step else None,
-                step.position if step else None,
-                step.content_json if step else None,
-                step.call_ids if step else None,
-                step.tool_names if step else None,
-                step.arguments_json if step else None,
-                step.call_data_json if step else None,
-                step.results_json if step else None,
-                step.is_error if step else None,
-            )
-
-    @staticmethod
-    async def _call_commit_step(driver: asyncpg.Connection, step: StepWrite) -> str | None:
-        # Autocommit: the function call is the whole transaction, one round trip.
-        return await driver.fetchval(  # type: ignore[no-any-return]
+        # Autocommit: the function call is the whole transaction.
+        return await self._call(  # type: ignore[no-any-return]
+            "fetchval",
             _COMMIT_STEP,
             step.lock_key,
             step.conversation_id,
@@ -127,6 +137,49 @@ class PostgresBackend(Backend):
             step.call_data_json,
             step.results_json,
             step.is_error,
+        )
+
+    async def claim_fast(self, request: ClaimRequest) -> ClaimRow | None:
+        r = request
+        row = await self._call(
+            "fetchrow",
+            _CLAIM,
+            r.lock_key,
+            r.conversation_id,
+            r.turn_id,
+            r.idempotency_key,
+            r.content_hash,
+            r.content_json,
+            r.owner,
+            r.lease_seconds,
+            r.window_seconds,
+            r.fail_when_busy,
+            r.first,
+            r.retry,
+        )
+        return ClaimRow(*row)
+
+    async def end_turn(self, end: TurnEnd) -> str | None:
+        step = end.final
+        return await self._call(  # type: ignore[no-any-return]
+            "fetchval",
+            _END_TURN,
+            end.lock_key,
+            end.conversation_id,
+            end.turn_id,
+            end.epoch,
+            end.status,
+            end.error,
+            step.lease_seconds if step else None,
+            step.step if step else None,
+            step.position if step else None,
+            step.content_json if step else None,
+            step.call_ids if step else None,
+            step.tool_names if step else None,
+            step.arguments_json if step else None,
+            step.call_data_json if step else None,
+            step.results_json if step else None,
+            step.is_error if step else None,
         )
 
     async def _driver(self, conn: Any) -> asyncpg.Connection:
