@@ -5,7 +5,8 @@ SELECT of the same rows plus JSON decoding, side by side in one run.
 
 It writes the conversation through the store (K=3 parallel calls per step, HTML results
 of a few hundred bytes), then times, alternately and ``--repeat`` times each, (a) the
-ceiling: asyncpg ``SELECT`` of the message rows and ``json.loads`` of their JSON columns,
+ceiling: asyncpg ``SELECT`` of the message rows on an open connection and ``json.loads``
+of their JSON columns,
 and (b) ``store.history`` -> ``from_stored_messages`` -> ``build_request`` for each
 provider. It prints the medians and the ratios (b)/(a).
 """
@@ -51,16 +52,12 @@ async def _fill(store: Store, conversation_id: str, messages: int) -> int:
     return written
 
 
-async def _raw(dsn: str, schema: str, conversation_id: str) -> int:
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
-    try:
-        rows = await conn.fetch(RAW_SELECT, conversation_id)
-        decoded = [
-            (json.loads(r[5]), r[8] and json.loads(r[8]), r[9] and json.loads(r[9])) for r in rows
-        ]
-        return len(decoded)
-    finally:
-        await conn.close()
+async def _raw(conn: asyncpg.Connection, conversation_id: str) -> int:
+    rows = await conn.fetch(RAW_SELECT, conversation_id)
+    decoded = [
+        (json.loads(r[5]), r[8] and json.loads(r[8]), r[9] and json.loads(r[9])) for r in rows
+    ]
+    return len(decoded)
 
 
 async def main_async(url: str, messages: int, repeat: int) -> None:
@@ -73,9 +70,10 @@ async def main_async(url: str, messages: int, repeat: int) -> None:
         total = await _fill(store, "long", messages)
         print(f"{total} messages stored in conversation 'long'")
         times: dict[str, list[float]] = {"raw": [], **{p: [] for p in PROVIDERS}}
+        raw = await asyncpg.connect(target.asyncpg_dsn, server_settings={"search_path": schema})
         for _ in range(repeat):
             start = time.perf_counter()
-            await _raw(target.asyncpg_dsn, schema, "long")
+            await _raw(raw, "long")
             times["raw"].append(time.perf_counter() - start)
             for provider in PROVIDERS:
                 start = time.perf_counter()
@@ -84,6 +82,7 @@ async def main_async(url: str, messages: int, repeat: int) -> None:
                 )
                 times[provider].append(time.perf_counter() - start)
                 assert not repairs, repairs[:3]
+        await raw.close()
         base = statistics.median(times["raw"])
         print(f"{'path':<20}{'median ms':>10}{'ratio':>8}")
         for name, values in times.items():

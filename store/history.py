@@ -7,9 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.engine import Row
-
-from .backends.base import Tx
+from .backends.base import Backend, Tx
 from .messages import StoredMessage, ToolCall
 
 
@@ -25,47 +23,51 @@ def as_datetime(value: Any) -> datetime | None:
     return datetime.fromtimestamp(float(value), tz=UTC)
 
 
-def decode_rows(conversation_id: str, rows: Sequence[Row[Any]]) -> list[StoredMessage]:
-    """Build messages from rows in position order. An assistant message gets its tool calls
-    from the tool rows of its step, which directly follow it."""
+def decode_rows(conversation_id: str, rows: Sequence[Sequence[Any]]) -> list[StoredMessage]:
+    """Build messages from rows (the ``history`` query's columns, in position order). An
+    assistant message gets its tool calls from the tool rows of its step, which directly
+    follow it."""
     messages: list[StoredMessage] = []
+    loads = json.loads
     for i, row in enumerate(rows):
+        (position, role, turn_id, step, calls_count, content, call_id, tool_name, _, _,
+         is_error, created_at) = row  # fmt: skip
         calls: tuple[ToolCall, ...] = ()
-        if row.role == "assistant" and row.tool_call_count:
+        if calls_count and role == "assistant":
             calls = tuple(
-                ToolCall(
-                    id=tool.tool_call_id,
-                    name=tool.tool_name,
-                    arguments=_json(tool.tool_arguments),
-                    provider_data=_json(tool.tool_call_data),
-                )
-                for tool in rows[i + 1 : i + 1 + row.tool_call_count]
+                ToolCall(tool[6], tool[7], _json(tool[8]), _json(tool[9]))
+                for tool in rows[i + 1 : i + 1 + calls_count]
             )
         messages.append(
             StoredMessage(
-                conversation_id=conversation_id,
-                position=row.position,
-                role=row.role,
-                content=_json(row.content),
-                turn_id=row.turn_id,
-                step=row.step,
-                tool_calls=calls,
-                tool_call_id=row.tool_call_id,
-                tool_name=row.tool_name,
-                is_error=bool(row.is_error),
-                created_at=as_datetime(row.created_at),
+                conversation_id,
+                position,
+                role,
+                loads(content) if isinstance(content, str) else content,
+                turn_id,
+                step,
+                calls,
+                call_id,
+                tool_name,
+                bool(is_error),
+                as_datetime(created_at),
             )
         )
     return messages
 
 
-async def read_history(tx: Tx, conversation_id: str, last: int | None) -> list[StoredMessage]:
-    start = 0
-    if last is not None:
-        if last <= 0:
-            return []
-        # Start at the window's first message, moved back to the start of its step.
-        found = await tx.scalar("window_start", conversation_id=conversation_id, last=last)
-        start = found if found is not None else 0
-    rows = await tx.all("history", conversation_id=conversation_id, from_position=start)
-    return decode_rows(conversation_id, rows)
+async def window_start(tx: Tx, conversation_id: str, last: int | None) -> int:
+    """Where a window of about the last N messages starts: the N-th last message, moved
+    back to the start of its step."""
+    if last is None:
+        return 0
+    found = await tx.scalar("window_start", conversation_id=conversation_id, last=last)
+    return found if found is not None else 0
+
+
+async def read_history(
+    backend: Backend, conversation_id: str, last: int | None
+) -> list[StoredMessage]:
+    if last is not None and last <= 0:
+        return []
+    return decode_rows(conversation_id, await backend.history_rows(conversation_id, last))

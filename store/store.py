@@ -224,11 +224,9 @@ class Store:
         """Committed messages in position order. ``last=N`` returns about the last N
         messages, starting earlier if needed so that no step is cut in half."""
 
-        async def read() -> list[StoredMessage]:
-            async with self.backend.read() as tx:
-                return await read_history(tx, conversation_id, last)
-
-        return await self.backend.retrying(read)
+        return await self.backend.retrying(
+            lambda: read_history(self.backend, conversation_id, last)
+        )
 
 
 class _Opening:

@@ -149,3 +149,18 @@ SELECT status, count(*) AS n FROM turnstore_turns GROUP BY status;
 SELECT (SELECT count(*) FROM turnstore_messages WHERE role = 'assistant') AS steps,
        (SELECT count(*) FROM turnstore_messages
          WHERE role = 'tool' AND is_error AND content::text LIKE '%interrupted:%') AS interrupted_calls;
+
+-- name: history_window_driver
+-- The history query above in one statement, for asyncpg ($1 conversation, $2 last N or 0
+-- for all), JSON as text: decoded by the caller.
+SELECT position, role, turn_id, step, tool_call_count, content::text, tool_call_id,
+       tool_name, tool_arguments::text, tool_call_data::text, is_error, created_at
+  FROM turnstore_messages
+ WHERE conversation_id = $1
+   AND position >= coalesce(
+         (SELECT step_position FROM turnstore_messages
+           WHERE conversation_id = $1
+             AND position = (SELECT max(position) FROM turnstore_messages
+                              WHERE conversation_id = $1) - $2 + 1),
+         0)
+ ORDER BY position;

@@ -232,7 +232,8 @@ class Backend(ABC):
     def __init__(self, engine: AsyncEngine, namespace: str) -> None:
         self.engine = engine
         self.namespace = namespace
-        self.statements = {name: text(q) for name, q in sql.queries(self.dialect).items()}
+        self.statements_text = sql.queries(self.dialect)
+        self.statements = {name: text(q) for name, q in self.statements_text.items()}
 
     def lock_key(self, conversation_id: str) -> int:
         return lock_key(self.namespace, conversation_id)
@@ -246,6 +247,15 @@ class Backend(ABC):
     async def read(self) -> AsyncIterator[Tx]:
         async with self.engine.connect() as conn:
             yield Tx(conn, self.statements)
+
+    async def history_rows(self, conversation_id: str, last: int | None) -> Sequence[Any]:
+        """The rows of a conversation's history (about the ``last`` N messages, never
+        starting inside a step), as the ``history`` query's columns."""
+        from ..history import window_start
+
+        async with self.read() as tx:
+            start = await window_start(tx, conversation_id, last)
+            return await tx.all("history", conversation_id=conversation_id, from_position=start)
 
     async def commit_step(self, step: StepWrite) -> str | None:
         """Commit one step if the turn still holds its lease. Returns None on success,

@@ -7,7 +7,7 @@ the general claim path) goes through the SQLAlchemy engine."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -117,6 +117,11 @@ class PostgresBackend(Backend):
             tx = Tx(conn, self.statements)
             await tx.scalar("lock_conversation", lock_key=self.lock_key(conversation_id))
             yield tx
+
+    async def history_rows(self, conversation_id: str, last: int | None) -> Sequence[Any]:
+        return await self._call(  # type: ignore[no-any-return]
+            "fetch", self.statements_text["history_window_driver"], conversation_id, last or 0
+        )
 
     async def commit_step(self, step: StepWrite) -> str | None:
         # Autocommit: the function call is the whole transaction.

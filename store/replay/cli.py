@@ -48,8 +48,7 @@ async def read_store_history(
     backend = make_backend(parsed, schema=schema)
     try:
         await check_schema(backend)
-        async with backend.read() as tx:
-            history = await read_history(tx, conversation_id, last)
+        history = await read_history(backend, conversation_id, last)
     finally:
         await backend.close()
     if not history:
