@@ -106,28 +106,23 @@ def _check_messages(cid: str, rows: list[Any]) -> list[Violation]:
                 bad("orphan_result", row, f"result for {row.tool_call_id} out of its step")
             open_step = (start, calls, answered + 1)
             continue
-        if open_step is not None and open_step[2] < open_step[1]:
-            out.append(
-                Violation(
-                    "unanswered_call",
-                    cid,
-                    f"step at {open_step[0]} has {open_step[1]} calls, {open_step[2]} results",
-                    open_step[0],
-                )
-            )
+        out += _unanswered(cid, open_step)
         open_step = None
         if row.role == "assistant" and row.tool_call_count:
             open_step = (row.position, row.tool_call_count, 0)
-    if open_step is not None and open_step[2] < open_step[1]:
-        out.append(
-            Violation(
-                "unanswered_call",
-                cid,
-                f"step at {open_step[0]} has {open_step[1]} calls, {open_step[2]} results",
-                open_step[0],
-            )
+    return out + _unanswered(cid, open_step)
+
+
+def _unanswered(cid: str, step: tuple[int, int, int] | None) -> list[Violation]:
+    """A violation if the step that just closed has fewer results than calls."""
+    if step is None or step[2] >= step[1]:
+        return []
+    start, calls, answered = step
+    return [
+        Violation(
+            "unanswered_call", cid, f"step at {start} has {calls} calls, {answered} results", start
         )
-    return out
+    ]
 
 
 def _check_turns(cid: str, turns: list[Any], rows: list[Any]) -> list[Violation]:

@@ -8,12 +8,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .backends.base import Backend, Tx
-from .messages import StoredMessage, ToolCall
+from .messages import StoredMessage, StoredToolCall, ToolCall
 
 
 def _json(value: Any) -> Any:
     """Drivers return JSON columns decoded (asyncpg) or as text (SQLite)."""
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _text(value: Any) -> str | None:
+    """The JSON text of a column when the driver returned text (else None)."""
+    return value if isinstance(value, str) else None
 
 
 def as_datetime(value: Any) -> datetime | None:
@@ -35,7 +40,7 @@ def decode_rows(conversation_id: str, rows: Sequence[Sequence[Any]]) -> list[Sto
         calls: tuple[ToolCall, ...] = ()
         if calls_count and role == "assistant":
             calls = tuple(
-                ToolCall(tool[6], tool[7], _json(tool[8]), _json(tool[9]))
+                StoredToolCall(tool[6], tool[7], _json(tool[8]), _json(tool[9]), _text(tool[8]))
                 for tool in rows[i + 1 : i + 1 + calls_count]
             )
         messages.append(

@@ -40,6 +40,14 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredToolCall(ToolCall):
+    """A tool call as history returns it: also the arguments' JSON text as the database
+    holds it, so that formats wanting a JSON string need not encode it again."""
+
+    arguments_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ToolResult:
     """The result of one tool call. A failed tool still gets a result, with ``is_error``."""
 

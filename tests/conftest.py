@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,32 +85,33 @@ async def _require_postgres() -> None:
 BACKENDS = ["sqlite", "postgres"]
 
 
+@asynccontextmanager
+async def _postgres_target() -> AsyncIterator[Target]:
+    """A fresh schema on the PostgreSQL server, dropped afterwards."""
+    if PG_URL == "skip":
+        pytest.skip("STORE_PG_URL=skip: PostgreSQL tests not run")
+    await _require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        yield Target("postgres", PG_URL, schema)
+    finally:
+        await _drop_schema(schema)
+
+
 @pytest.fixture(params=BACKENDS)
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     if request.param == "sqlite":
         yield Target("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", None)
         return
-    if PG_URL == "skip":
-        pytest.skip("STORE_PG_URL=skip: PostgreSQL tests not run")
-    await _require_postgres()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        yield Target("postgres", PG_URL, schema)
-    finally:
-        await _drop_schema(schema)
+    async with _postgres_target() as pg:
+        yield pg
 
 
 @pytest.fixture
 async def pg_target() -> AsyncIterator[Target]:
     """PostgreSQL only, for what only PostgreSQL has (pg_terminate_backend, ...)."""
-    if PG_URL == "skip":
-        pytest.skip("STORE_PG_URL=skip: PostgreSQL tests not run")
-    await _require_postgres()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    try:
-        yield Target("postgres", PG_URL, schema)
-    finally:
-        await _drop_schema(schema)
+    async with _postgres_target() as pg:
+        yield pg
 
 
 @pytest.fixture

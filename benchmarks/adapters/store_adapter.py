@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from typing import Any, ClassVar
 
@@ -17,15 +19,39 @@ from store.turn import Turn
 
 from ..checker import CheckRow
 from ..dbtarget import DbTarget, check_schema_name, parse_db_url
-from .base import Adapter, Duplicate, PartialStep, ToolCall, ToolResult
+from .base import Adapter, Duplicate, PartialStep, PreloadTurn, ToolCall, ToolResult
 
 _READ_BACK = (
-    "SELECT m.conversation_id, m.position, m.role, m.tool_call_id, m.content{cast},"
-    " (SELECT {agg} FROM turnstore_messages t"
-    "   WHERE t.conversation_id = m.conversation_id AND t.role = 'tool'"
-    "     AND t.step_position = m.position)"
-    " FROM turnstore_messages m ORDER BY m.conversation_id, m.position"
+    "SELECT conversation_id, position, role, tool_call_id, content{cast}, step_position"
+    " FROM turnstore_messages ORDER BY conversation_id, position"
 )
+
+
+def _check_rows(rows: Iterable[Sequence[Any]]) -> list[CheckRow]:
+    """Rows in (conversation, position) order. An assistant row's calls are the ids of the
+    tool rows of its step: collected in one pass, keyed by (conversation, step_position)."""
+    rows = list(rows)
+    calls: dict[tuple[str, int], list[str]] = {}
+    for conv, _pos, role, call_id, _content, step_position in rows:
+        if role == "tool":
+            calls.setdefault((conv, step_position), []).append(call_id)
+    out = []
+    for conv, pos, role, call_id, content, _ in rows:
+        if role == "tool":
+            out.append(CheckRow(conv, pos, "tool", result_for=call_id))
+        elif role == "assistant":
+            ids = tuple(sorted(calls.get((conv, pos), ())))
+            out.append(CheckRow(conv, pos, "assistant", _text(content), ids))
+        else:
+            out.append(CheckRow(conv, pos, "user", _text(content)))
+    return out
+
+
+_MESSAGE_COLUMNS = [
+    "conversation_id", "position", "role", "turn_id", "step", "step_position",
+    "tool_call_count", "content", "tool_call_id", "tool_name", "tool_arguments",
+    "tool_call_data", "is_error",
+]  # fmt: skip
 
 
 class _Duplicate(Duplicate):
@@ -37,19 +63,8 @@ class _Duplicate(Duplicate):
 
 
 def _text(content: Any) -> str:
-    import json
-
     parts = json.loads(content) if isinstance(content, str) else content
     return "".join(p.get("text", "") for p in parts if p.get("type") == "text")
-
-
-def _row(conv: str, pos: int, role: str, call_id: str | None, content: Any, calls: Any) -> CheckRow:
-    if role == "tool":
-        return CheckRow(conv, pos, "tool", result_for=call_id)
-    if role == "assistant":
-        ids = tuple(sorted(calls.split(","))) if calls else ()
-        return CheckRow(conv, pos, "assistant", _text(content), ids)
-    return CheckRow(conv, pos, "user", _text(content))
 
 
 class StoreAdapter(Adapter[Turn]):
@@ -101,6 +116,74 @@ class StoreAdapter(Adapter[Turn]):
             for suffix in ("", "-wal", "-shm"):
                 path.with_name(path.name + suffix).unlink(missing_ok=True)
 
+    async def preload(self, turns: Iterable[PreloadTurn]) -> None:
+        """PostgreSQL: COPY finished turns straight into the store's tables (the deferred
+        pairing constraints check every row at the end). SQLite: the normal turn path."""
+        target = self._target
+        assert target is not None and self._store is not None
+        if target.backend != "postgres":
+            await super().preload(turns)
+            return
+        assert target.asyncpg_dsn is not None
+        conversations: dict[str, int] = {}  # next position
+        turn_rows: list[tuple[Any, ...]] = []
+
+        def messages() -> Iterator[tuple[Any, ...]]:
+            for n, t in enumerate(turns):
+                turn_id = f"turn_preload_{n}"
+                pos = conversations.get(t.conversation_id, 0)
+                turn_rows.append(
+                    (turn_id, t.conversation_id, "h", "finished", "preload", len(t.steps))
+                )
+                yield (t.conversation_id, pos, "user", turn_id, 0, pos, 0,
+                       json.dumps([{"type": "text", "text": t.user_text}]),
+                       None, None, None, None, False)  # fmt: skip
+                pos += 1
+                for step, (text, calls, results) in enumerate(t.steps, start=1):
+                    start = pos
+                    yield (t.conversation_id, pos, "assistant", turn_id, step, start,
+                           len(calls), json.dumps([{"type": "text", "text": text}]),
+                           None, None, None, None, False)  # fmt: skip
+                    by_id = {r.call_id: r for r in results}
+                    for call in calls:
+                        pos += 1
+                        r = by_id[call.id]
+                        yield (t.conversation_id, pos, "tool", turn_id, step, start,
+                               len(calls), json.dumps([{"type": "text", "text": r.output}]),
+                               call.id, call.name, json.dumps(dict(call.arguments)), None,
+                               r.is_error)  # fmt: skip
+                    pos += 1
+                conversations[t.conversation_id] = pos
+
+        rows = list(messages())
+        conn = await asyncpg.connect(
+            target.asyncpg_dsn, server_settings={"search_path": self._schema}
+        )
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "turnstore_conversations", records=[(c,) for c in conversations],
+                    columns=["id"],
+                )  # fmt: skip
+                await conn.execute(
+                    "CREATE TEMP TABLE preload_turns (id text, conversation_id text,"
+                    " content_hash text, status text, lease_owner text, steps int)"
+                    " ON COMMIT DROP"
+                )
+                await conn.copy_records_to_table("preload_turns", records=turn_rows)
+                await conn.execute(
+                    "INSERT INTO turnstore_turns (id, conversation_id, content_hash, status,"
+                    " lease_owner, lease_expires_at, steps, ended_at)"
+                    " SELECT id, conversation_id, content_hash, status, lease_owner, now(),"
+                    " steps, now() FROM preload_turns"
+                )
+                await conn.copy_records_to_table(
+                    "turnstore_messages", records=rows, columns=_MESSAGE_COLUMNS
+                )
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+
     async def begin_turn(
         self, conversation_id: str, user_text: str, idempotency_key: str | None
     ) -> Turn | Duplicate:
@@ -140,18 +223,15 @@ class StoreAdapter(Adapter[Turn]):
                 target.asyncpg_dsn, server_settings={"search_path": self._schema}
             )
             try:
-                rows = await conn.fetch(
-                    _READ_BACK.format(cast="::text", agg="string_agg(t.tool_call_id, ',')")
-                )
+                rows = await conn.fetch(_READ_BACK.format(cast="::text"))
             finally:
                 await conn.close()
-            return [_row(*r) for r in rows]
+            return _check_rows(rows)
         path = target.sqlite_file(self._schema)
 
         def read() -> list[CheckRow]:
             with closing(sqlite3.connect(path)) as conn:
-                sql = _READ_BACK.format(cast="", agg="group_concat(t.tool_call_id, ',')")
-                return [_row(*r) for r in conn.execute(sql)]
+                return _check_rows(conn.execute(_READ_BACK.format(cast="")))
 
         return await anyio.to_thread.run_sync(read)
 

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
@@ -61,10 +62,14 @@ class SqliteBackend(Backend):
     def __init__(self, engine: AsyncEngine, namespace: str) -> None:
         super().__init__(engine, namespace)
         self._write_engine = engine.execution_options(**{_WRITE: True})
+        # SQLite has one writer at a time. Writers of this process queue here, first come
+        # first served, instead of in SQLite's busy handler, which sleeps (up to 100 ms a
+        # time) between retries; other processes still meet the busy timeout.
+        self._writer = anyio.Lock()
 
     @asynccontextmanager
     async def write(self, conversation_id: str) -> AsyncIterator[Tx]:
-        async with self._write_engine.begin() as conn:
+        async with self._writer, self._write_engine.begin() as conn:
             yield Tx(conn, self.statements)
 
     async def applied_versions(self) -> list[int]:

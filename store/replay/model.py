@@ -11,7 +11,7 @@ treat them as read-only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 # --- content parts -----------------------------------------------------------------------
@@ -92,6 +92,9 @@ class ToolCall:
     arguments: Mapping[str, Any]
     thought_signature: str | None = None
     item_id: str | None = None
+    #: the arguments' JSON text as stored, when known: sent as is where a format wants a
+    #: string (not compared: it is another spelling of ``arguments``)
+    arguments_json: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

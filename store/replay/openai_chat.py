@@ -60,7 +60,7 @@ def _assistant(message: AssistantMessage) -> dict[str, Any]:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {"name": call.name, "arguments": arguments_json(call.arguments)},
+                "function": {"name": call.name, "arguments": arguments_json(call)},
             }
             for call in message.tool_calls
         ]

@@ -59,7 +59,7 @@ def _assistant(message: AssistantMessage) -> list[dict[str, Any]]:
             "type": "function_call",
             "call_id": call.id,
             "name": call.name,
-            "arguments": arguments_json(call.arguments),
+            "arguments": arguments_json(call),
         }
         if reasoning and call.item_id:
             item["id"] = call.item_id

@@ -127,7 +127,12 @@ def _stored_call(call: StoredToolCall) -> ToolCall:
     extra: Mapping[str, Any] = call.provider_data or {}
     signature = extra.get("thought_signature", extra.get("thoughtSignature"))
     return ToolCall(
-        call.id, call.name, dict(call.arguments), signature, extra.get("openai_item_id")
+        call.id,
+        call.name,
+        call.arguments,
+        signature,
+        extra.get("openai_item_id"),
+        arguments_json=getattr(call, "arguments_json", None),
     )
 
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .model import ImagePart, JsonPart, ResultPart, TextPart
+from .model import ImagePart, JsonPart, ResultPart, TextPart, ToolCall
 
 
 def json_text(value: Any) -> str:
@@ -20,9 +20,12 @@ def json_copy(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
-def arguments_json(arguments: Mapping[str, Any]) -> str:
-    """Tool-call arguments as the JSON string OpenAI's formats want."""
-    return json_text(dict(arguments))
+def arguments_json(call: ToolCall) -> str:
+    """Tool-call arguments as the JSON string OpenAI's formats want: the stored text when
+    the reader kept it, else encoded."""
+    if call.arguments_json is not None:
+        return call.arguments_json
+    return json_text(dict(call.arguments))
 
 
 def image_url(image: ImagePart) -> str:
