@@ -141,6 +141,7 @@ async def test_terminated_connections_do_not_lose_or_duplicate_writes(
                 await turn.commit_step(*step(f"t{t}s{n}"))
             await kill()
             await turn.finish("done")
+        await kill()
         history = await store.history("c")
         assert [m.step for m in history if m.role != "tool"] == [0, 1, 2, 3, 4, 5] * 2
         await assert_clean(store)
