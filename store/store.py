@@ -301,7 +301,12 @@ def make_backend(
         engine = sqlite.create_engine(
             parsed, sqlite_busy_timeout, sqlite_synchronous.upper(), pool_size
         )
-        return sqlite.SqliteBackend(engine, namespace=parsed.database or "")
+        return sqlite.SqliteBackend(
+            engine,
+            namespace=parsed.database or "",
+            busy_timeout=sqlite_busy_timeout,
+            synchronous=sqlite_synchronous.upper(),
+        )
     raise ValueError(
         f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: use "
         "postgresql+asyncpg://... or sqlite+aiosqlite:///path"

@@ -262,7 +262,6 @@ class Turn:
         async with self._write_lock:
             self._check_writable()
             write = self._write_for(final) if final is not None else None
-
             end = TurnEnd(
                 lock_key=store.backend.lock_key(self.conversation_id),
                 conversation_id=self.conversation_id,
@@ -273,11 +272,8 @@ class Turn:
                 final=write,
             )
 
-            async def attempt() -> str | None:
-                return await store.backend.end_turn(end)
-
             with anyio.CancelScope(shield=True):
-                outcome = await self._run_write(attempt, write)
+                outcome = await self._run_write(lambda: store.backend.end_turn(end), write)
             if outcome is not None:
                 ended_status = outcome.partition(":")[0]
                 if ended_status != status:  # not a retry of our own landed write

@@ -1,16 +1,23 @@
 """SQLite through aiosqlite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every write
 transaction, which takes the database's single write lock and so serialises writers
 across connections and processes. Foreign keys (the deferred pairing checks) are switched
-on for every connection."""
+on for every connection.
+
+Writes go through one dedicated aiosqlite connection per store (SQLite has one writer at a
+time anyway), queued first come first served on an anyio lock, with the named queries
+sent straight to the driver; reads and migrations use the SQLAlchemy engine."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import AsyncIterator
+from collections import namedtuple
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import anyio
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL
@@ -29,6 +36,15 @@ CREATE TABLE IF NOT EXISTS turnstore_migrations (
 )"""
 
 
+def _pragmas(synchronous: str, busy_timeout: float) -> list[str]:
+    return [
+        "PRAGMA journal_mode = WAL",
+        f"PRAGMA synchronous = {synchronous}",
+        "PRAGMA foreign_keys = ON",
+        f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}",
+    ]
+
+
 def create_engine(url: URL, busy_timeout: float, synchronous: str, pool_size: int) -> AsyncEngine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -42,10 +58,8 @@ def create_engine(url: URL, busy_timeout: float, synchronous: str, pool_size: in
         # Let SQLAlchemy's "begin" event below decide how each transaction begins.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA synchronous = {synchronous}")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        for pragma in _pragmas(synchronous, busy_timeout):
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -56,21 +70,102 @@ def create_engine(url: URL, busy_timeout: float, synchronous: str, pool_size: in
     return engine
 
 
+@functools.cache
+def _row_class(columns: tuple[str, ...]) -> Any:
+    # rename=True: an unnamed expression column becomes _0, _1, ... (reached by index)
+    return namedtuple("Row", columns, rename=True)
+
+
+def _named_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Any:
+    """Rows with attribute access, as SQLAlchemy's rows have."""
+    return _row_class(tuple(d[0] for d in cursor.description))(*row)
+
+
+class _DriverTx(Tx):
+    """The Tx interface on the writer's aiosqlite connection: SQLite takes the queries'
+    ``:name`` parameters as they are."""
+
+    def __init__(self, conn: aiosqlite.Connection, statements: Mapping[str, str]) -> None:
+        self.driver = conn
+        self._sql = statements
+
+    async def all(self, name: str, **params: Any) -> Sequence[Any]:
+        async with self.driver.execute(self._sql[name], params) as cursor:
+            return await cursor.fetchall()
+
+    async def one(self, name: str, **params: Any) -> Any:
+        async with self.driver.execute(self._sql[name], params) as cursor:
+            return await cursor.fetchone()
+
+    async def scalar(self, name: str, **params: Any) -> Any:
+        row = await self.one(name, **params)
+        return None if row is None else row[0]
+
+    async def run(self, name: str, **params: Any) -> int:
+        async with self.driver.execute(self._sql[name], params) as cursor:
+            return cursor.rowcount
+
+    async def run_many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            await self.driver.executemany(self._sql[name], rows)
+
+
 class SqliteBackend(Backend):
     dialect = "sqlite"
 
-    def __init__(self, engine: AsyncEngine, namespace: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        namespace: str,
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: str = "FULL",
+    ) -> None:
         super().__init__(engine, namespace)
         self._write_engine = engine.execution_options(**{_WRITE: True})
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous
+        self._writer_conn: aiosqlite.Connection | None = None
         # SQLite has one writer at a time. Writers of this process queue here, first come
         # first served, instead of in SQLite's busy handler, which sleeps (up to 100 ms a
         # time) between retries; other processes still meet the busy timeout.
         self._writer = anyio.Lock()
 
+    async def _writer_connection(self) -> aiosqlite.Connection:
+        if self._writer_conn is None:
+            conn = await aiosqlite.connect(
+                self.engine.url.database or "", timeout=self._busy_timeout, isolation_level=None
+            )
+            conn.row_factory = _named_row
+            for pragma in _pragmas(self._synchronous, self._busy_timeout):
+                await conn.execute(pragma)
+            self._writer_conn = conn
+        return self._writer_conn
+
     @asynccontextmanager
     async def write(self, conversation_id: str) -> AsyncIterator[Tx]:
-        async with self._writer, self._write_engine.begin() as conn:
-            yield Tx(conn, self.statements)
+        async with self._writer:
+            conn = await self._writer_connection()
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _DriverTx(conn, self.statements_text)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await conn.execute("ROLLBACK")
+                raise
+            with anyio.CancelScope(shield=True):
+                try:
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # a deferred constraint refused the commit
+                        await conn.execute("ROLLBACK")
+                    raise
+
+    async def close(self) -> None:
+        if self._writer_conn is not None:
+            await self._writer_conn.close()
+            self._writer_conn = None
+        await super().close()
 
     async def applied_versions(self) -> list[int]:
         async with self.engine.connect() as conn:
@@ -107,6 +202,8 @@ class SqliteBackend(Backend):
     def translate(self, exc: BaseException) -> BaseException:
         from ..errors import IntegrityViolation
 
+        if isinstance(exc, sqlite3.IntegrityError):
+            return IntegrityViolation(f"the database refused the write: {exc}")
         if isinstance(exc, OperationalError) and "constraint" in str(exc.orig).lower():
             return IntegrityViolation(f"the database refused the write: {exc.orig}")
         return super().translate(exc)
