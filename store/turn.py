@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from .backends.base import StepWrite, TurnEnd
+from .backends.base import StepWrite, TurnEnd, refusal
 from .errors import (
     DuplicateTurnWrite,
     IntegrityViolation,
@@ -159,13 +159,12 @@ class Turn:
                             payload=staged_payload,
                         )
                     return None
-                state = await tx.one("turn_state", turn_id=self.id)
-                return state.status if state else "missing"
+                return await refusal(tx, self.id)
 
         with anyio.CancelScope(shield=True):
             refused = await self._run_write(attempt, None)
         if refused is not None:
-            self._raise_not_running(refused)
+            self._raise_not_running(refused.partition(":")[0])
 
     async def wait(self, timeout: float | None = None) -> TurnOutcome:
         """Wait until the turn has ended (for a duplicate: the first submit's turn) and

@@ -48,8 +48,29 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo += [getattr(current, "orig", None), current.__cause__, current.__context__]
 
 
-class Tx:
-    """A transaction on one connection that runs the dialect's named queries."""
+class Tx(ABC):
+    """A transaction (or an autocommit read) that runs the dialect's named queries. Rows
+    have attribute access by column name."""
+
+    @abstractmethod
+    async def all(self, name: str, **params: Any) -> Sequence[Any]: ...
+
+    @abstractmethod
+    async def one(self, name: str, **params: Any) -> Any: ...
+
+    @abstractmethod
+    async def scalar(self, name: str, **params: Any) -> Any: ...
+
+    @abstractmethod
+    async def run(self, name: str, **params: Any) -> int:
+        """Run a write; return the number of rows it touched."""
+
+    @abstractmethod
+    async def run_many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+class EngineTx(Tx):
+    """Tx on a SQLAlchemy connection."""
 
     def __init__(self, conn: AsyncConnection, statements: Mapping[str, TextClause]) -> None:
         self.conn = conn
@@ -65,12 +86,17 @@ class Tx:
         return (await self.conn.execute(self._statements[name], params)).scalar()
 
     async def run(self, name: str, **params: Any) -> int:
-        """Run a write; return the number of rows it touched."""
         return (await self.conn.execute(self._statements[name], params)).rowcount
 
     async def run_many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             await self.conn.execute(self._statements[name], list(rows))
+
+
+async def refusal(tx: Tx, turn_id: str) -> str:
+    """Why a fenced write on ``turn_id`` touched nothing: ``'<status>:<steps>'``."""
+    state = await tx.one("turn_state", turn_id=turn_id)
+    return f"{state.status}:{state.steps}" if state else "missing:-1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +244,7 @@ async def commit_step_in(tx: Tx, step: StepWrite) -> str | None:
         lease_seconds=step.lease_seconds,
     )
     if touched != 1:
-        state = await tx.one("turn_state", turn_id=step.turn_id)
-        return f"{state.status}:{state.steps}" if state else "missing:-1"
+        return await refusal(tx, step.turn_id)
     await tx.run_many("insert_message", step.message_rows())
     return None
 
@@ -246,7 +271,7 @@ class Backend(ABC):
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
         async with self.engine.connect() as conn:
-            yield Tx(conn, self.statements)
+            yield EngineTx(conn, self.statements)
 
     async def history_rows(self, conversation_id: str, last: int | None) -> Sequence[Any]:
         """The rows of a conversation's history (about the ``last`` N messages, never
@@ -284,8 +309,7 @@ class Backend(ABC):
                 error=end.error,
             )
             if not touched:
-                state = await tx.one("turn_state", turn_id=end.turn_id)
-                return f"{state.status}:{state.steps}" if state else "missing:-1"
+                return await refusal(tx, end.turn_id)
             await tx.run("drop_staged_steps", turn_id=end.turn_id)
             return None
 

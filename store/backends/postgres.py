@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .. import sql
-from .base import Backend, ClaimRequest, ClaimRow, StepWrite, TurnEnd, Tx, lock_key
+from .base import Backend, ClaimRequest, ClaimRow, EngineTx, StepWrite, TurnEnd, Tx, lock_key
 
 _COMMIT_STEP = (
     "SELECT turnstore_commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
@@ -109,12 +109,12 @@ class PostgresBackend(Backend):
         # Reads run in autocommit: no BEGIN/ROLLBACK round trips. History is append-only
         # and a step commits atomically, so statements need no shared snapshot.
         async with self._read_engine.connect() as conn:
-            yield Tx(conn, self.statements)
+            yield EngineTx(conn, self.statements)
 
     @asynccontextmanager
     async def write(self, conversation_id: str) -> AsyncIterator[Tx]:
         async with self.engine.begin() as conn:
-            tx = Tx(conn, self.statements)
+            tx = EngineTx(conn, self.statements)
             await tx.scalar("lock_conversation", lock_key=self.lock_key(conversation_id))
             yield tx
 

@@ -82,8 +82,8 @@ def _named_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Any:
 
 
 class _DriverTx(Tx):
-    """The Tx interface on the writer's aiosqlite connection: SQLite takes the queries'
-    ``:name`` parameters as they are."""
+    """Tx on the writer's aiosqlite connection: SQLite takes the queries' ``:name``
+    parameters as they are."""
 
     def __init__(self, conn: aiosqlite.Connection, statements: Mapping[str, str]) -> None:
         self.driver = conn
