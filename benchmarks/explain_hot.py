@@ -4,8 +4,8 @@
 
 Writes ``--turns`` turns of history into a fresh schema, then runs one more turn with
 ``auto_explain`` logging every nested statement to this client: the plan and timing of
-each statement inside ``turnstore_claim``, ``turnstore_commit_step`` and
-``turnstore_end_turn``. Needs a superuser (``LOAD 'auto_explain'``).
+each statement inside ``turnstore_apply`` (a claim, a step and an end, one call each)
+and of the foreign-key checks at COMMIT. Needs a superuser (``LOAD 'auto_explain'``).
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ async def main_async(url: str, turns: int) -> None:
             for s in range(2):
                 await turn.commit_step(*_step(f"{turn.id}_{s}"))
             await turn.finish()
-        # One more turn, by calling the three functions on a connection of our own with
-        # auto_explain logging each nested statement back to it.
-        from store.backends.postgres import _CLAIM, _COMMIT_STEP, _END_TURN
+        # One more turn, through turnstore_apply (one write per call) on a connection of
+        # our own with auto_explain logging each nested statement back to it.
+        from store.backends.base import ClaimRequest, StepWrite, TurnEnd
+        from store.backends.postgres import as_record
 
+        apply = "SELECT * FROM turnstore_apply($1::turnstore_write[])"
         conn = await asyncpg.connect(target.asyncpg_dsn, server_settings={"search_path": schema})
         plans: list[str] = []
         conn.add_log_listener(lambda _c, msg: plans.append(msg.message))
@@ -56,22 +58,28 @@ async def main_async(url: str, turns: int) -> None:
         )
         key = store.backend.lock_key("c0")
         content = '[{"type":"text","text":"one more"}]'
-        row = await conn.fetchrow(
-            _CLAIM, key, "c0", "turn_explain", None, "h", content, "explain", 30.0, 10.0,
-            True, True, False,
+        claim = ClaimRequest(
+            lock_key=key, conversation_id="c0", turn_id="turn_explain", idempotency_key=None,
+            content_hash="h", content_json=content, owner="explain", lease_seconds=30.0,
+            window_seconds=10.0, fail_when_busy=True, first=True, retry=False,
         )  # fmt: skip
+        (row,) = await conn.fetch(apply, [as_record(claim)])
         message, _ = _step("explain")
-        await conn.fetchval(
-            _COMMIT_STEP, key, "c0", "turn_explain", row["epoch"], 30.0, 1,
-            row["next_position"], '[{"type":"text","text":"inserting"}]',
-            [c.id for c in message.tool_calls], [c.name for c in message.tool_calls],
-            ['{"html":"x"}'] * 3, [None] * 3, ['[{"type":"text","text":"ok"}]'] * 3,
-            [False] * 3,
+        step = StepWrite(
+            lock_key=key, conversation_id="c0", turn_id="turn_explain", epoch=row["epoch"],
+            lease_seconds=30.0, step=1, position=row["next_position"],
+            content_json='[{"type":"text","text":"inserting"}]',
+            call_ids=[c.id for c in message.tool_calls],
+            tool_names=[c.name for c in message.tool_calls],
+            arguments_json=['{"html":"x"}'] * 3, call_data_json=[None] * 3,
+            results_json=['[{"type":"text","text":"ok"}]'] * 3, is_error=[False] * 3,
         )  # fmt: skip
-        await conn.fetchval(
-            _END_TURN, key, "c0", "turn_explain", row["epoch"], "finished", None,
-            *([None] * 10),
+        await conn.fetch(apply, [as_record(step)])
+        end = TurnEnd(
+            lock_key=key, conversation_id="c0", turn_id="turn_explain", epoch=row["epoch"],
+            status="finished", error=None, final=None, lease_seconds=30.0,
         )  # fmt: skip
+        await conn.fetch(apply, [as_record(end)])
         await conn.close()
         for plan in plans:
             print(plan)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from .backends.base import ClaimRequest, ClaimRow, StepWrite, Tx
+from .backends.base import ClaimRequest, ClaimRow, StepWrite, TurnEnd, Tx
 from .errors import ConversationBusy, InvalidMessage
 from .messages import (
     INTERRUPTED,
@@ -51,6 +51,7 @@ class Submit:
     content_json: str
     content_hash: str
     idempotency_key: str | None
+    owner: str  # the submitting store's (shown as the turn's lease owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ async def begin_turn(
         content_json,
         hashlib.sha256(content_json.encode()).hexdigest(),
         idempotency_key,
+        store.owner,
     )
     timeout = store.config.busy_timeout if timeout is None else timeout
     started = anyio.current_time()
@@ -117,14 +119,7 @@ async def begin_turn(
             status=decision.status,
         )
     assert isinstance(decision, Claimed)
-    return Turn(
-        store,
-        turn_id=decision.turn_id,
-        conversation_id=conversation_id,
-        duplicate=False,
-        epoch=decision.epoch,
-        next_position=decision.next_position,
-    )
+    return _turn(store, conversation_id, decision)
 
 
 async def _decide(
@@ -143,7 +138,7 @@ async def _decide(
                 idempotency_key=submit.idempotency_key,
                 content_hash=submit.content_hash,
                 content_json=submit.content_json,
-                owner=store.owner,
+                owner=submit.owner,
                 lease_seconds=store.config.lease_seconds,
                 window_seconds=store.config.duplicate_window_seconds,
                 fail_when_busy=on_busy == "fail",
@@ -193,8 +188,13 @@ async def _own_landed_attempt(tx: Tx, turn_id: str, conversation_id: str) -> Dec
         return None
     if state.status == "queued":
         return Queued(turn_id)
+    return await _started(tx, turn_id, conversation_id, state.epoch)
+
+
+async def _started(tx: Tx, turn_id: str, conversation_id: str, epoch: int) -> Claimed:
+    """A running turn that has written only its user message: where its steps go."""
     position = await tx.scalar("next_position", conversation_id=conversation_id)
-    return Claimed(turn_id, state.epoch, position)
+    return Claimed(turn_id, epoch, position)
 
 
 async def _decide_in(
@@ -203,6 +203,10 @@ async def _decide_in(
     cid = submit.conversation_id
     lease = store.config.lease_seconds
     requeue = False
+    if not first:  # a poll: was this waiting turn handed the conversation meanwhile?
+        state = await tx.one("turn_state", turn_id=turn_id)
+        if state is not None and state.status == "running":
+            return await _started(tx, turn_id, cid, state.epoch)
     if first:
         await tx.run("ensure_conversation", conversation_id=cid)
         earlier = await _earlier_submit(store, tx, submit)
@@ -221,22 +225,32 @@ async def _decide_in(
         if first:
             if requeue:
                 await tx.run(
-                    "requeue_turn", turn_id=turn_id, owner=store.owner, lease_seconds=lease
+                    "requeue_turn",
+                    turn_id=turn_id,
+                    conversation_id=cid,
+                    owner=submit.owner,
+                    lease_seconds=lease,
+                    pending_content=submit.content_json,
                 )
             else:
                 await _insert_turn(tx, store, submit, turn_id, "queued", 0)
             return Queued(turn_id)
-        touched = await tx.run("refresh_queued_turn", turn_id=turn_id, lease_seconds=lease)
+        touched = await tx.run(
+            "refresh_queued_turn", turn_id=turn_id, conversation_id=cid, lease_seconds=lease
+        )
         return Queued(turn_id) if touched else Busy()
 
     epoch = await tx.scalar("bump_epoch", conversation_id=cid)
     if first and not requeue:
         await _insert_turn(tx, store, submit, turn_id, "running", epoch)
-    else:
-        if requeue:
-            await tx.run("requeue_turn", turn_id=turn_id, owner=store.owner, lease_seconds=lease)
+    else:  # a waiting turn, or one that gave up waiting (refused) and is submitted again
         await tx.run(
-            "promote_turn", turn_id=turn_id, epoch=epoch, owner=store.owner, lease_seconds=lease
+            "promote_turn",
+            turn_id=turn_id,
+            conversation_id=cid,
+            epoch=epoch,
+            owner=submit.owner,
+            lease_seconds=lease,
         )
     position = await tx.scalar("next_position", conversation_id=cid)
     await tx.run(
@@ -290,40 +304,90 @@ async def _insert_turn(
         content_hash=submit.content_hash,
         status=status,
         epoch=epoch,
-        owner=store.owner,
+        owner=submit.owner,
         lease_seconds=store.config.lease_seconds,
+        # a waiting turn keeps its message: the turn that ends before it starts it
+        pending_content=submit.content_json if status == "queued" else None,
     )
 
 
 async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: float) -> Decision:
+    """Wait until this turn is handed the conversation (told at once if the turn before
+    it ends in this process), or finds it free at a poll, or the deadline passes."""
     cid = submit.conversation_id
     delay = store.config.poll_min_seconds
-    with store.wakeups.queued(cid) as waiter:
+    with store.wakeups.queued(cid, turn_id) as waiter:
         try:
-            while True:
+            while waiter.handed is None:
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     break
                 await store.wakeups.sleep(waiter, min(delay, remaining))
+                if waiter.handed is not None:
+                    break
                 decision = await _decide(store, submit, turn_id, "wait", first=False)
                 if not isinstance(decision, Queued):
                     return decision
                 delay = min(delay * 2, store.config.poll_max_seconds)
+            if waiter.handed is not None:
+                return _from_row(waiter.handed, submit)
         except BaseException:
-            await _give_up(store, cid, turn_id, "the submitter stopped waiting")
+            started = await _give_up(store, submit, turn_id, "the submitter stopped waiting")
+            if started is not None:  # handed over as it gave up: end the turn it never ran
+                with anyio.CancelScope(shield=True):
+                    await _turn(store, cid, started).end_quietly(
+                        "interrupted", "the submitter stopped waiting"
+                    )
             raise
-    await _give_up(store, cid, turn_id, "timed out waiting for the conversation")
-    return Busy()
+    started = await _give_up(store, submit, turn_id, "timed out waiting for the conversation")
+    return started if started is not None else Busy()
 
 
-async def _give_up(store: Store, conversation_id: str, turn_id: str, why: str) -> None:
-    async def attempt() -> None:
-        async with store.backend.write(conversation_id) as tx:
-            await tx.run("refuse_queued_turn", turn_id=turn_id, error=why)
+async def _give_up(store: Store, submit: Submit, turn_id: str, why: str) -> Claimed | None:
+    """Leave the line. If the turn was handed the conversation just before (it runs, its
+    message written), return it: the caller runs it or ends it."""
+    cid = submit.conversation_id
+
+    async def attempt() -> Claimed | None:
+        async with store.backend.write(cid) as tx:
+            if await tx.run("refuse_queued_turn", turn_id=turn_id, conversation_id=cid, error=why):
+                return None
+            state = await tx.one("turn_state", turn_id=turn_id)
+            if state is not None and state.status == "running":
+                return await _started(tx, turn_id, cid, state.epoch)
+            return None
 
     with anyio.CancelScope(shield=True):
-        await store.backend.retrying(attempt)
-    store.wakeups.turn_ended(conversation_id, turn_id)
+        started = await store.backend.retrying(attempt)
+    if started is None:
+        store.wakeups.wake_next(cid)
+    return started
+
+
+def _turn(store: Store, conversation_id: str, claimed: Claimed) -> Turn:
+    return Turn(
+        store,
+        turn_id=claimed.turn_id,
+        conversation_id=conversation_id,
+        duplicate=False,
+        epoch=claimed.epoch,
+        next_position=claimed.next_position,
+    )
+
+
+async def hand_over(store: Store, tx: Tx, end: TurnEnd) -> ClaimRow | None:
+    """Start the next turn in line, inside the transaction that ended the turn before it:
+    its user message is written now, and its submitter finds it running (at once if it
+    waits in this process, else at its next poll). PostgreSQL's turnstore_apply does the
+    same in SQL."""
+    row = await tx.one("next_in_line", conversation_id=end.conversation_id)
+    if row is None:
+        return None
+    waiting = Submit(end.conversation_id, row.pending_content, "", None, row.lease_owner)
+    decision = await _decide_in(store, tx, waiting, row.id, "wait", first=False)
+    if not isinstance(decision, Claimed):
+        return None
+    return ClaimRow("claimed", decision.turn_id, "running", decision.epoch, decision.next_position)
 
 
 async def recover_expired(store: Store, tx: Tx, conversation_id: str) -> list[str]:

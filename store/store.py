@@ -16,7 +16,7 @@ import anyio
 from sqlalchemy.engine import URL, make_url
 
 from . import claim
-from .backends.base import Backend
+from .backends.base import Backend, ClaimRow, TurnEnd, Tx
 from .errors import SchemaError, TurnNotFound
 from .history import as_datetime, read_history
 from .messages import Content, Limits, StoredMessage
@@ -24,6 +24,7 @@ from .turn import TERMINAL, Turn, TurnOutcome
 from .wakeups import LocalWakeups
 
 DEFAULT_URL = "sqlite+aiosqlite:///./conversations.db"
+_LOCAL_RECHECK_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,16 +208,29 @@ class Store:
         )
 
     async def wait_for_turn(self, turn_id: str) -> TurnOutcome:
-        """Wait until a turn has ended; return its outcome. A turn that ends in this process
-        wakes its waiters at once; one in another process is seen within a poll (0.5 s at
-        most)."""
+        """Wait until a turn has ended; return its outcome. A turn that runs in this process
+        tells its waiters when it ends, without a database read (which is still made every
+        ``_LOCAL_RECHECK_S``, in case it was taken over elsewhere); one in another process is
+        seen within a poll (0.5 s at most)."""
         delay = 0.05
+        recheck_at = 0.0
         while True:
-            info = await self.turn_status(turn_id)
-            if info.status in TERMINAL:
-                return TurnOutcome(info.id, info.status, info.error, info.steps)
+            outcome = self.wakeups.outcome(turn_id)
+            if outcome is not None:
+                return outcome  # type: ignore[no-any-return]
+            now = anyio.current_time()
+            if not self.wakeups.runs_here(turn_id) or now >= recheck_at:
+                info = await self.turn_status(turn_id)
+                if info.status in TERMINAL:
+                    return TurnOutcome(info.id, info.status, info.error, info.steps)
+                recheck_at = now + _LOCAL_RECHECK_S
             await self.wakeups.sleep_until_ended(turn_id, delay)
             delay = min(delay * 2, 0.5)
+
+    async def hand_over(self, tx: Tx, end: TurnEnd) -> ClaimRow | None:
+        """Inside the transaction that ends a turn, start the next turn in line (see
+        ``claim.hand_over``); the backends call it."""
+        return await claim.hand_over(self, tx, end)
 
     async def history(
         self, conversation_id: str, *, last: int | None = None

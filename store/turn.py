@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger("turnstore")
+T = TypeVar("T")
 
 EndStatus = Literal["finished", "failed", "interrupted"]
 TERMINAL = frozenset({"finished", "failed", "interrupted", "expired", "refused"})
@@ -83,6 +84,8 @@ class Turn:
         self._next_position = next_position
         self._call_ids: set[str] = set()
         self._write_lock = anyio.Lock()
+        if not duplicate and status == "running":
+            store.wakeups.turn_started(self)
 
     def __repr__(self) -> str:
         kind = "duplicate of " if self.duplicate else ""
@@ -148,6 +151,7 @@ class Turn:
                 if await tx.run(
                     "heartbeat",
                     turn_id=self.id,
+                    conversation_id=self.conversation_id,
                     epoch=self.epoch,
                     lease_seconds=store.config.lease_seconds,
                 ):
@@ -235,9 +239,7 @@ class Turn:
             self._raise_not_running(status)
         raise AssertionError("unreachable")
 
-    async def _run_write(
-        self, attempt: Callable[[], Awaitable[str | None]], write: StepWrite | None
-    ) -> str | None:
+    async def _run_write(self, attempt: Callable[[], Awaitable[T]], write: StepWrite | None) -> T:
         """Run a write (retried once if the connection broke: the fencing token and the step
         number make a repeat safe) and translate database errors into ours."""
         try:
@@ -269,18 +271,27 @@ class Turn:
                 status=status,
                 error=error,
                 final=write,
+                lease_seconds=store.config.lease_seconds,
             )
 
             with anyio.CancelScope(shield=True):
-                outcome = await self._run_write(lambda: store.backend.end_turn(end), write)
-            if outcome is not None:
-                ended_status = outcome.partition(":")[0]
+                ended = await self._run_write(
+                    lambda: store.backend.end_turn(end, store.hand_over), write
+                )
+            if ended.refused is not None:
+                ended_status = ended.refused.partition(":")[0]
                 if ended_status != status:  # not a retry of our own landed write
                     self._raise_not_running(ended_status)
             if write is not None:
                 self._committed(write)
             self.status = status
-        store.wakeups.turn_ended(self.conversation_id, self.id)
+        if ended.handed_to is not None:
+            store.wakeups.handed_over(self.conversation_id, ended.handed_to)
+        store.wakeups.turn_ended(
+            self.conversation_id,
+            TurnOutcome(self.id, status, error, self.steps),
+            handed_over=ended.handed_to is not None,
+        )
 
     async def end_quietly(self, status: EndStatus, error: str) -> None:
         with contextlib.suppress(LeaseLost, TurnFinished):

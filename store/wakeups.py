@@ -1,41 +1,58 @@
-"""In-process wake-ups: when a turn ends in this process, wake the oldest local waiter for
-its conversation and whoever awaits its outcome, instead of letting them sleep until their
-next poll. An optimisation only: polling the database alone is correct, and is what
-waiters in other processes rely on."""
+"""In-process wake-ups. A waiting submit in this process is told at once when the turn that
+ended before it handed it the conversation; whoever awaits a turn of this process learns
+its outcome when it ends, without reading the database. An optimisation only: polling the
+database alone is correct, and is what waiters in other processes rely on."""
 
 from __future__ import annotations
 
-from collections import deque
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+if TYPE_CHECKING:
+    from .backends.base import ClaimRow
+
+#: outcomes of turns that ended here, kept for late waiters (most recent first out)
+_OUTCOMES_KEPT = 4096
+
 
 class Waiter:
-    __slots__ = ("event",)
+    """A submit waiting in this process for its conversation. ``handed`` is set when the
+    turn before it ended and handed it the conversation."""
 
-    def __init__(self) -> None:
+    __slots__ = ("event", "handed", "turn_id")
+
+    def __init__(self, turn_id: str) -> None:
+        self.turn_id = turn_id
         self.event = anyio.Event()
+        self.handed: ClaimRow | None = None
 
 
 class LocalWakeups:
     def __init__(self) -> None:
         self._queues: dict[str, deque[Waiter]] = {}
         self._ended: dict[str, anyio.Event] = {}
+        self._running: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._outcomes: OrderedDict[str, Any] = OrderedDict()
+
+    # --- submits waiting for a conversation -----------------------------------------------
 
     @contextmanager
-    def queued(self, conversation_id: str) -> Iterator[Waiter]:
+    def queued(self, conversation_id: str, turn_id: str) -> Iterator[Waiter]:
         """Join this process's first-come-first-served line for a conversation."""
-        waiter = Waiter()
+        waiter = Waiter(turn_id)
         line = self._queues.setdefault(conversation_id, deque())
         line.append(waiter)
         try:
             yield waiter
         finally:
             line.remove(waiter)
-            if waiter.event.is_set() and line:  # pass an unused wake-up on
-                line[0].event.set()
+            if waiter.event.is_set() and waiter.handed is None and line:
+                line[0].event.set()  # pass an unused wake-up on
             if not line:
                 del self._queues[conversation_id]
 
@@ -44,17 +61,51 @@ class LocalWakeups:
         """Sleep until woken or ``seconds`` have passed."""
         with anyio.move_on_after(seconds):
             await waiter.event.wait()
-        if waiter.event.is_set():
+        if waiter.event.is_set() and waiter.handed is None:
             waiter.event = anyio.Event()
+
+    def wake_next(self, conversation_id: str) -> None:
+        """Wake the oldest local waiter of a conversation to try to claim it."""
+        line = self._queues.get(conversation_id)
+        if line:
+            line[0].event.set()
+
+    def handed_over(self, conversation_id: str, started: ClaimRow) -> None:
+        """The turn ``started.turn_id`` was handed the conversation (it is running, its
+        message written): tell its submitter if it waits here."""
+        for waiter in self._queues.get(conversation_id, ()):
+            if waiter.turn_id == started.turn_id:
+                waiter.handed = started
+                waiter.event.set()
+                return
+
+    # --- turns of this process ----------------------------------------------------------
+
+    def turn_started(self, turn: Any) -> None:
+        """``turn`` (a ``Turn``) runs in this process until ``turn_ended``."""
+        self._running[turn.id] = turn
+
+    def runs_here(self, turn_id: str) -> bool:
+        turn = self._running.get(turn_id)
+        return turn is not None and turn.status == "running"
+
+    def outcome(self, turn_id: str) -> Any:
+        """The ``TurnOutcome`` of a turn that ended in this process, if known."""
+        return self._outcomes.get(turn_id)
 
     async def sleep_until_ended(self, turn_id: str, seconds: float) -> None:
         with anyio.move_on_after(seconds):
             await self._ended.setdefault(turn_id, anyio.Event()).wait()
 
-    def turn_ended(self, conversation_id: str, turn_id: str) -> None:
-        line = self._queues.get(conversation_id)
-        if line:
-            line[0].event.set()
-        ended = self._ended.pop(turn_id, None)
+    def turn_ended(self, conversation_id: str, outcome: Any, *, handed_over: bool) -> None:
+        """A turn of this process ended with ``outcome`` (a ``TurnOutcome``). Unless it
+        handed the conversation over, wake the oldest local waiter to try to claim it."""
+        self._running.pop(outcome.turn_id, None)
+        self._outcomes[outcome.turn_id] = outcome
+        if len(self._outcomes) > _OUTCOMES_KEPT:
+            self._outcomes.popitem(last=False)
+        if not handed_over:
+            self.wake_next(conversation_id)
+        ended = self._ended.pop(outcome.turn_id, None)
         if ended is not None:
             ended.set()

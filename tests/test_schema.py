@@ -19,7 +19,13 @@ def _shape(sync_conn: Any) -> dict[str, Any]:
     insp = inspect(sync_conn)
     shape: dict[str, Any] = {}
     for table in sorted(t for t in insp.get_table_names() if t.startswith("turnstore_")):
-        unique = sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(table))
+        indexes = insp.get_indexes(table)
+        # Uniqueness counts, not its form: PostgreSQL keeps some of it in partial unique
+        # indexes (0002_stable_plans.sql), where SQLite keeps table constraints.
+        unique = sorted(
+            {tuple(u["column_names"]) for u in insp.get_unique_constraints(table)}
+            | {tuple(ix["column_names"]) for ix in indexes if ix["unique"]}
+        )
         shape[table] = {
             "columns": sorted(c["name"] for c in insp.get_columns(table)),
             "primary_key": insp.get_pk_constraint(table)["constrained_columns"],
@@ -32,11 +38,8 @@ def _shape(sync_conn: Any) -> dict[str, Any]:
                 )
                 for fk in insp.get_foreign_keys(table)
             ),
-            # PostgreSQL lists the indexes behind UNIQUE constraints too; SQLite does not.
             "indexes": sorted(
-                (ix["name"], tuple(ix["column_names"]), bool(ix["unique"]))
-                for ix in insp.get_indexes(table)
-                if not (ix["unique"] and tuple(ix["column_names"]) in unique)
+                (ix["name"], tuple(ix["column_names"])) for ix in indexes if not ix["unique"]
             ),
             # Explicitly named CHECKs (PostgreSQL also names column checks after the table;
             # SQLite's inspector sees only the named ones).

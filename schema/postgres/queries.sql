@@ -1,6 +1,7 @@
 -- Every query turnstore runs on PostgreSQL, by name. Parameters are :named.
 -- Write queries run inside a transaction that holds the conversation's advisory lock
 -- (lock_conversation), so they see and change one conversation at a time.
+-- A lookup of a turn by id also names its conversation: see 0002_stable_plans.sql.
 
 -- name: lock_conversation
 SELECT pg_advisory_xact_lock(:lock_key);
@@ -23,6 +24,7 @@ SELECT id, status, epoch, content_hash FROM turnstore_turns
 -- name: expire_stale_turns
 UPDATE turnstore_turns
    SET status = CASE status WHEN 'running' THEN 'expired' ELSE 'refused' END,
+       pending_content = NULL,
        ended_at = now(),
        error = coalesce(error, 'lease expired: its owner stopped renewing it')
  WHERE conversation_id = :conversation_id AND status IN ('queued', 'running')
@@ -41,32 +43,44 @@ RETURNING epoch;
 -- name: insert_turn
 INSERT INTO turnstore_turns
     (id, conversation_id, idempotency_key, content_hash, status, epoch, lease_owner,
-     lease_expires_at, created_at, started_at)
+     lease_expires_at, created_at, started_at, pending_content)
 VALUES (:turn_id, :conversation_id, :idempotency_key, :content_hash, :status, :epoch,
         :owner, now() + make_interval(secs => :lease_seconds), clock_timestamp(),
-        CASE WHEN :status = 'running' THEN clock_timestamp() END);
+        CASE WHEN :status = 'running' THEN clock_timestamp() END,
+        CAST(CAST(:pending_content AS text) AS jsonb));
 
 -- name: promote_turn
 UPDATE turnstore_turns
-   SET status = 'running', epoch = :epoch, started_at = now(), lease_owner = :owner,
+   SET status = 'running', epoch = :epoch, pending_content = NULL, ended_at = NULL,
+       error = NULL,
+       started_at = now(), lease_owner = :owner,
        lease_expires_at = now() + make_interval(secs => :lease_seconds)
- WHERE id = :turn_id AND status = 'queued';
+ WHERE id = :turn_id AND conversation_id = :conversation_id AND status IN ('queued', 'refused');
 
 -- name: requeue_turn
 UPDATE turnstore_turns
    SET status = 'queued', ended_at = NULL, error = NULL, lease_owner = :owner,
+       pending_content = CAST(CAST(:pending_content AS text) AS jsonb),
        lease_expires_at = now() + make_interval(secs => :lease_seconds),
        created_at = clock_timestamp()
- WHERE id = :turn_id AND status = 'refused';
+ WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'refused';
 
 -- name: refresh_queued_turn
 UPDATE turnstore_turns
    SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
- WHERE id = :turn_id AND status = 'queued';
+ WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'queued';
 
 -- name: refuse_queued_turn
 UPDATE turnstore_turns SET status = 'refused', ended_at = now(), error = :error
- WHERE id = :turn_id AND status = 'queued';
+ WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'queued';
+
+-- name: next_in_line
+-- The oldest waiting turn whose submitter is still there: a turn that ends hands the
+-- conversation over to it.
+SELECT id, pending_content::text AS pending_content, lease_owner FROM turnstore_turns
+ WHERE conversation_id = :conversation_id AND status = 'queued'
+   AND lease_expires_at >= now() AND pending_content IS NOT NULL
+ ORDER BY created_at, id LIMIT 1;
 
 -- name: next_position
 SELECT coalesce(max(position), -1) + 1 FROM turnstore_messages
@@ -84,16 +98,19 @@ VALUES (:conversation_id, :position, :role, :turn_id, :step, :step_position,
 -- name: fence_step
 UPDATE turnstore_turns
    SET steps = :step, lease_expires_at = now() + make_interval(secs => :lease_seconds)
- WHERE id = :turn_id AND epoch = :epoch AND status = 'running' AND steps = :step - 1;
+ WHERE id = :turn_id AND conversation_id = :conversation_id AND epoch = :epoch
+   AND status = 'running' AND steps = :step - 1;
 
 -- name: heartbeat
 UPDATE turnstore_turns
    SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
- WHERE id = :turn_id AND epoch = :epoch AND status = 'running';
+ WHERE id = :turn_id AND conversation_id = :conversation_id AND epoch = :epoch
+   AND status = 'running';
 
 -- name: end_turn
 UPDATE turnstore_turns SET status = :status, error = :error, ended_at = now()
- WHERE id = :turn_id AND epoch = :epoch AND status = 'running';
+ WHERE id = :turn_id AND conversation_id = :conversation_id AND epoch = :epoch
+   AND status = 'running';
 
 -- name: turn_state
 SELECT status, steps, epoch FROM turnstore_turns WHERE id = :turn_id;

@@ -192,7 +192,8 @@ class StepWrite:
 
 @dataclass(frozen=True, slots=True)
 class TurnEnd:
-    """Ending a turn: its fencing token, the status and error, an optional last step."""
+    """Ending a turn: its fencing token, the status and error, an optional last step, and
+    the lease of the turn the conversation is handed over to (if one waits)."""
 
     lock_key: int
     conversation_id: str
@@ -201,6 +202,7 @@ class TurnEnd:
     status: str
     error: str | None
     final: StepWrite | None
+    lease_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,12 +235,27 @@ class ClaimRow:
     next_position: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What ending a turn did. ``refused`` is None when the turn ended, else
+    ``'<status>:<steps>'`` of the turn, and nothing was written. ``handed_to`` is the
+    waiting turn that the conversation was handed over to, started in the same transaction
+    (its user message written), if there was one."""
+
+    refused: str | None
+    handed_to: ClaimRow | None = None
+
+
+HandOver = Callable[["Tx", TurnEnd], Awaitable[ClaimRow | None]]
+
+
 async def commit_step_in(tx: Tx, step: StepWrite) -> str | None:
     """Commit a step inside an open write transaction: check the turn's fencing token,
     then insert. Returns None, or ``'<status>:<steps>'`` having written nothing."""
     touched = await tx.run(
         "fence_step",
         turn_id=step.turn_id,
+        conversation_id=step.conversation_id,
         epoch=step.epoch,
         step=step.step,
         lease_seconds=step.lease_seconds,
@@ -293,25 +310,27 @@ class Backend(ABC):
         "use the general path" (``store.claim``), which every backend supports."""
         return None
 
-    async def end_turn(self, end: TurnEnd) -> str | None:
+    async def end_turn(self, end: TurnEnd, hand_over: HandOver) -> Ended:
         """End a running turn (committing ``end.final`` first, if given), fenced like a
-        step. Returns None, or ``'<status>:<steps>'`` of the turn having written nothing."""
+        step, and in the same transaction hand the conversation over to the next turn in
+        line (``hand_over``, the store's decision: see ``store.claim``)."""
         async with self.write(end.conversation_id) as tx:
             if end.final is not None:
                 refused = await commit_step_in(tx, end.final)
                 if refused is not None:
-                    return refused
+                    return Ended(refused)
             touched = await tx.run(
                 "end_turn",
                 turn_id=end.turn_id,
+                conversation_id=end.conversation_id,
                 epoch=end.epoch,
                 status=end.status,
                 error=end.error,
             )
             if not touched:
-                return await refusal(tx, end.turn_id)
+                return Ended(await refusal(tx, end.turn_id))
             await tx.run("drop_staged_steps", turn_id=end.turn_id)
-            return None
+            return Ended(None, await hand_over(tx, end))
 
     @abstractmethod
     async def migrate(self) -> list[int]:
@@ -325,6 +344,10 @@ class Backend(ABC):
         """True when the connection broke, so that a write's outcome is unknown."""
         return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
+    def is_connection_error_anywhere(self, exc: BaseException) -> bool:
+        """``is_connection_error`` of the exception or of anything it wraps or was caused by."""
+        return any(self.is_connection_error(e) for e in _causes(exc))
+
     async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run a read or a write; if the connection broke, drop the pool's connections and
         run it once more. Writes are made safe to repeat (fencing tokens, step numbers, turn
@@ -332,7 +355,7 @@ class Backend(ABC):
         try:
             return await attempt()
         except Exception as exc:
-            if not any(self.is_connection_error(e) for e in _causes(exc)):
+            if not self.is_connection_error_anywhere(exc):
                 raise
             log.warning("database connection lost (%s); retrying once", exc)
             await self.reset_connections()

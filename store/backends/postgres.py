@@ -1,8 +1,9 @@
 """PostgreSQL through asyncpg: transaction-level advisory locks serialise a conversation's
-writes. The three hot calls — begin a turn, commit a step, end a turn — are one round trip
-each to a SQL function (``turnstore_claim``, ``turnstore_commit_step``,
-``turnstore_end_turn``), sent on asyncpg's own pool; everything else (reads, migrations,
-the general claim path) goes through the SQLAlchemy engine."""
+writes. The three hot writes — begin a turn, commit a step, end a turn — go through group
+commit (``store.group_commit``): the writes that this process's turns make at the same
+moment are sent as one call to ``turnstore_apply`` (schema/postgres/0003_group_commit.sql),
+one round trip and one transaction, on asyncpg's own pool. Everything else (reads,
+migrations, the general claim path) goes through the SQLAlchemy engine."""
 
 from __future__ import annotations
 
@@ -18,16 +19,23 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .. import sql
-from .base import Backend, ClaimRequest, ClaimRow, EngineTx, StepWrite, TurnEnd, Tx, lock_key
+from ..group_commit import GroupCommit
+from .base import (
+    Backend,
+    ClaimRequest,
+    ClaimRow,
+    Ended,
+    EngineTx,
+    HandOver,
+    StepWrite,
+    TurnEnd,
+    Tx,
+    lock_key,
+)
 
-_COMMIT_STEP = (
-    "SELECT turnstore_commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-)
-_CLAIM = "SELECT * FROM turnstore_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-_END_TURN = (
-    "SELECT turnstore_end_turn("
-    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-)
+Write = ClaimRequest | StepWrite | TurnEnd
+
+_APPLY = "SELECT * FROM turnstore_apply($1::turnstore_write[])"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS turnstore_migrations (
@@ -68,6 +76,11 @@ class PostgresBackend(Backend):
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = anyio.Lock()
+        self._writes: GroupCommit[Write, Any] = GroupCommit(
+            self._apply,
+            is_connection_error=self.is_connection_error_anywhere,
+            max_concurrent=max(1, min(2, pool_size)),
+        )
 
     async def _hot_pool(self) -> asyncpg.Pool:
         """asyncpg's pool for the hot calls: a checkout costs a fraction of SQLAlchemy's,
@@ -124,68 +137,29 @@ class PostgresBackend(Backend):
         )
 
     async def commit_step(self, step: StepWrite) -> str | None:
-        # Autocommit: the function call is the whole transaction.
-        return await self._call(  # type: ignore[no-any-return]
-            "fetchval",
-            _COMMIT_STEP,
-            step.lock_key,
-            step.conversation_id,
-            step.turn_id,
-            step.epoch,
-            step.lease_seconds,
-            step.step,
-            step.position,
-            step.content_json,
-            step.call_ids,
-            step.tool_names,
-            step.arguments_json,
-            step.call_data_json,
-            step.results_json,
-            step.is_error,
-        )
+        return (await self._writes.submit(step))[1]  # type: ignore[no-any-return]
 
     async def claim_fast(self, request: ClaimRequest) -> ClaimRow | None:
-        r = request
-        row = await self._call(
-            "fetchrow",
-            _CLAIM,
-            r.lock_key,
-            r.conversation_id,
-            r.turn_id,
-            r.idempotency_key,
-            r.content_hash,
-            r.content_json,
-            r.owner,
-            r.lease_seconds,
-            r.window_seconds,
-            r.fail_when_busy,
-            r.first,
-            r.retry,
-        )
-        return ClaimRow(*row)
+        _, decision, turn_id, status, epoch, next_position = await self._writes.submit(request)
+        return ClaimRow(decision, turn_id, status, epoch, next_position)
 
-    async def end_turn(self, end: TurnEnd) -> str | None:
-        step = end.final
-        return await self._call(  # type: ignore[no-any-return]
-            "fetchval",
-            _END_TURN,
-            end.lock_key,
-            end.conversation_id,
-            end.turn_id,
-            end.epoch,
-            end.status,
-            end.error,
-            step.lease_seconds if step else None,
-            step.step if step else None,
-            step.position if step else None,
-            step.content_json if step else None,
-            step.call_ids if step else None,
-            step.tool_names if step else None,
-            step.arguments_json if step else None,
-            step.call_data_json if step else None,
-            step.results_json if step else None,
-            step.is_error if step else None,
-        )
+    async def end_turn(self, end: TurnEnd, hand_over: HandOver) -> Ended:
+        # turnstore_apply hands the conversation over itself (the same rules, in SQL).
+        _, refused, turn_id, status, epoch, next_position = await self._writes.submit(end)
+        if turn_id is None:
+            return Ended(refused)
+        return Ended(refused, ClaimRow("claimed", turn_id, status, epoch, next_position))
+
+    async def _apply(self, writes: Sequence[Write]) -> list[Any]:
+        """One batch of writes in one autocommit call: the function is the transaction."""
+        records = [as_record(w) for w in writes]
+        pool = await self._hot_pool()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(_APPLY, records)
+        answers: list[Any] = [None] * len(writes)
+        for row in rows:
+            answers[row[0] - 1] = row
+        return answers
 
     async def _driver(self, conn: Any) -> asyncpg.Connection:
         raw = await conn.get_raw_connection()
@@ -248,6 +222,43 @@ class PostgresBackend(Backend):
         if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
             return IntegrityViolation(f"the database refused the write: {exc}")
         return super().translate(exc)
+
+
+_NO_STEP = (None,) * 9  # step .. is_error of a write that carries no step
+
+
+def _step_fields(step: StepWrite | None) -> tuple[Any, ...]:
+    if step is None:
+        return _NO_STEP
+    return (
+        step.step,
+        step.position,
+        step.content_json,
+        step.call_ids,
+        step.tool_names,
+        step.arguments_json,
+        step.call_data_json,
+        step.results_json,
+        step.is_error,
+    )
+
+
+def as_record(w: Write) -> tuple[Any, ...]:
+    """A write as a ``turnstore_write`` record (schema/postgres/0002_group_commit.sql)."""
+    if isinstance(w, StepWrite):
+        return ("step", w.lock_key, w.conversation_id, w.turn_id, w.epoch, w.lease_seconds,
+                None, None, None, None, None, None, None,
+                *_step_fields(w), None, None)  # fmt: skip
+    if isinstance(w, TurnEnd):
+        final = w.final
+        return ("end", w.lock_key, w.conversation_id, w.turn_id, w.epoch, w.lease_seconds,
+                None, None, None, None, None, None, None,
+                *_step_fields(final), w.status, w.error)  # fmt: skip
+    return ("claim", w.lock_key, w.conversation_id, w.turn_id, None, w.lease_seconds,
+            w.idempotency_key, w.content_hash, w.owner, w.window_seconds, w.fail_when_busy,
+            w.first, w.retry,
+            None, None, w.content_json, None, None, None, None, None, None,
+            None, None)  # fmt: skip
 
 
 def postgres_url(url: str | URL) -> URL:

@@ -1,0 +1,136 @@
+"""Group commit: the writes that this process's turns send at the same moment are applied
+together, in one transaction and one round trip, instead of one transaction each.
+
+Each write is still decided on its own (its conversation's lock, its fencing token, its
+constraints) and gets its own answer; only the transaction and the round trip are shared.
+There is no timer and no background task: a writer that finds a free slot applies, at
+once, its own write and every write queued behind the running batches (the "leader"); the
+others wait for their answers. When the database is idle a batch holds one write and costs
+what a lone write costs; under load batches grow by themselves, and the commits, round
+trips and socket writes per write fall.
+
+If a batch fails with an error that is not a broken connection (a constraint refused one
+write), the batch rolled back as a whole: its writes are applied again one by one, so that
+only the write at fault fails and the others land. A broken connection is reported to
+every write of the batch: whether the COMMIT landed is unknown, and each write's own retry
+recognises an attempt that did land (see ``Backend.retrying``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import anyio
+
+Op = TypeVar("Op")
+Result = TypeVar("Result")
+
+ApplyBatch = Callable[[Sequence[Op]], Awaitable[Sequence[Result]]]
+
+
+class _Pending(Generic[Op, Result]):
+    __slots__ = ("done", "error", "op", "result", "wake")
+
+    def __init__(self, op: Op) -> None:
+        self.op = op
+        self.done = False
+        self.result: Result | None = None
+        self.error: BaseException | None = None
+        self.wake = anyio.Event()
+
+
+class GroupCommit(Generic[Op, Result]):
+    """Applies writes in batches of up to ``max_batch``, with at most ``max_concurrent``
+    batches in flight (each on its own connection).
+
+    ``apply`` runs one batch in one transaction and returns one answer per write, in
+    order. ``is_connection_error`` tells a broken connection (not retried one by one) from
+    a refusal (retried one by one).
+    """
+
+    def __init__(
+        self,
+        apply: ApplyBatch[Op, Result],
+        *,
+        is_connection_error: Callable[[BaseException], bool],
+        max_concurrent: int = 2,
+        max_batch: int = 64,
+    ) -> None:
+        if max_concurrent < 1 or max_batch < 1:
+            raise ValueError("max_concurrent and max_batch must be at least 1")
+        self._apply = apply
+        self._is_connection_error = is_connection_error
+        self._max_concurrent = max_concurrent
+        self._max_batch = max_batch
+        self._queue: deque[_Pending[Op, Result]] = deque()
+        self._running = 0
+        #: batches applied and writes in them, for the curious (and the tests)
+        self.batches = 0
+        self.writes = 0
+
+    async def submit(self, op: Op) -> Result:
+        """Apply ``op`` (with whatever else is waiting) and return its answer, or raise its
+        error. Runs to the end even if the caller is cancelled: other callers' writes may
+        ride in the same batch."""
+        pending: _Pending[Op, Result] = _Pending(op)
+        self._queue.append(pending)
+        with anyio.CancelScope(shield=True):
+            while not pending.done:
+                if self._running < self._max_concurrent:
+                    await self._lead()
+                else:
+                    await pending.wake.wait()
+                    pending.wake = anyio.Event()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[return-value]
+
+    async def _lead(self) -> None:
+        """Take a slot and apply the oldest queued writes as one batch."""
+        batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+        self._running += 1
+        try:
+            await self._apply_all(batch)
+        finally:
+            self._running -= 1
+            if self._queue:  # hand the free slot to the oldest writer still waiting
+                self._queue[0].wake.set()
+
+    async def _apply_all(self, batch: list[_Pending[Op, Result]]) -> None:
+        self.batches += 1
+        self.writes += len(batch)
+        try:
+            results = await self._apply([p.op for p in batch])
+        except Exception as exc:
+            if len(batch) == 1 or self._is_connection_error(exc):
+                for p in batch:
+                    _settle(p, error=exc)
+                return
+            for p in batch:  # one write was refused: find it, let the others land
+                try:
+                    (result,) = await self._apply([p.op])
+                except Exception as single:
+                    _settle(p, error=single)
+                else:
+                    _settle(p, result=result)
+            return
+        except BaseException as exc:  # not expected under the shield; never strand a writer
+            for p in batch:
+                _settle(p, error=exc)
+            raise
+        for p, result in zip(batch, results, strict=True):
+            _settle(p, result=result)
+
+
+def _settle(
+    pending: _Pending[Op, Result],
+    *,
+    result: Result | None = None,
+    error: BaseException | None = None,
+) -> None:
+    pending.result = result
+    pending.error = error
+    pending.done = True
+    pending.wake.set()
