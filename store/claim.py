@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -148,13 +149,17 @@ async def _decide(
         )
         if fast is not None and fast.decision != "recover":
             return _from_row(fast, submit)
-        async with store.backend.write(submit.conversation_id) as tx:
-            if attempts > 1:
+        retry = attempts > 1
+
+        async def decide(tx: Tx) -> Decision:
+            if retry:
                 # The connection broke during the first attempt: did its COMMIT land?
                 landed = await _own_landed_attempt(tx, turn_id, submit.conversation_id)
                 if landed is not None:
                     return landed
             return await _decide_in(store, tx, submit, turn_id, on_busy, first=first)
+
+        return await store.backend.transaction(submit.conversation_id, decide)
 
     with anyio.CancelScope(shield=True):
         return await store.backend.retrying(attempt)
@@ -348,14 +353,16 @@ async def _give_up(store: Store, submit: Submit, turn_id: str, why: str) -> Clai
     message written), return it: the caller runs it or ends it."""
     cid = submit.conversation_id
 
-    async def attempt() -> Claimed | None:
-        async with store.backend.write(cid) as tx:
-            if await tx.run("refuse_queued_turn", turn_id=turn_id, conversation_id=cid, error=why):
-                return None
-            state = await tx.one("turn_state", turn_id=turn_id)
-            if state is not None and state.status == "running":
-                return await _started(tx, turn_id, cid, state.epoch)
+    async def leave(tx: Tx) -> Claimed | None:
+        if await tx.run("refuse_queued_turn", turn_id=turn_id, conversation_id=cid, error=why):
             return None
+        state = await tx.one("turn_state", turn_id=turn_id)
+        if state is not None and state.status == "running":
+            return await _started(tx, turn_id, cid, state.epoch)
+        return None
+
+    def attempt() -> Awaitable[Claimed | None]:
+        return store.backend.transaction(cid, leave)
 
     with anyio.CancelScope(shield=True):
         started = await store.backend.retrying(attempt)

@@ -33,6 +33,14 @@ class Migration:
     name: str
     sql: str
 
+    @property
+    def has_statements(self) -> bool:
+        """False for a version that changes nothing on its dialect (comments only): it is
+        recorded as applied without running anything."""
+        return any(
+            line.strip() and not line.strip().startswith("--") for line in self.sql.splitlines()
+        )
+
 
 @cache
 def migrations(dialect: str) -> tuple[Migration, ...]:

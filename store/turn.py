@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
-from .backends.base import StepWrite, TurnEnd, refusal
+from .backends.base import StepWrite, TurnEnd, Tx, refusal
 from .errors import (
     DuplicateTurnWrite,
     IntegrityViolation,
@@ -146,24 +146,26 @@ class Turn:
         checkpoint the step in progress in the same transaction."""
         store = self._store
 
-        async def attempt() -> str | None:
-            async with store.backend.write(self.conversation_id) as tx:
-                if await tx.run(
-                    "heartbeat",
-                    turn_id=self.id,
-                    conversation_id=self.conversation_id,
-                    epoch=self.epoch,
-                    lease_seconds=store.config.lease_seconds,
-                ):
-                    if staged_payload is not None:
-                        await tx.run(
-                            "stage_step",
-                            turn_id=self.id,
-                            step=self.steps + 1,
-                            payload=staged_payload,
-                        )
-                    return None
-                return await refusal(tx, self.id)
+        async def renew(tx: Tx) -> str | None:
+            if await tx.run(
+                "heartbeat",
+                turn_id=self.id,
+                conversation_id=self.conversation_id,
+                epoch=self.epoch,
+                lease_seconds=store.config.lease_seconds,
+            ):
+                if staged_payload is not None:
+                    await tx.run(
+                        "stage_step",
+                        turn_id=self.id,
+                        step=self.steps + 1,
+                        payload=staged_payload,
+                    )
+                return None
+            return await refusal(tx, self.id)
+
+        def attempt() -> Awaitable[str | None]:
+            return store.backend.transaction(self.conversation_id, renew)
 
         with anyio.CancelScope(shield=True):
             refused = await self._run_write(attempt, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from store import Store
+from store.backends.base import Tx
 
 from .conftest import Target
 
@@ -131,14 +132,17 @@ async def test_a_write_refused_at_commit_leaves_the_writer_usable(store: Store) 
     """A transaction of the store's own writer that breaks a deferred check is refused at
     COMMIT and rolled back; the next write works (the writer is not left mid-transaction)."""
     turn = await store.begin_turn("c", "go")
+
+    async def unanswered_call(tx: Tx) -> None:
+        await tx.run(  # an assistant row announcing a call that never gets its row
+            "insert_message", conversation_id="c", position=1, role="assistant",
+            turn_id=turn.id, step=1, step_position=1, tool_call_count=1, content="[]",
+            tool_call_id=None, tool_name=None, tool_arguments=None, tool_call_data=None,
+            is_error=False,
+        )  # fmt: skip
+
     with pytest.raises(Exception, match=r"(?i)constraint|violat"):
-        async with store.backend.write("c") as tx:
-            await tx.run(  # an assistant row announcing a call that never gets its row
-                "insert_message", conversation_id="c", position=1, role="assistant",
-                turn_id=turn.id, step=1, step_position=1, tool_call_count=1, content="[]",
-                tool_call_id=None, tool_name=None, tool_arguments=None, tool_call_data=None,
-                is_error=False,
-            )  # fmt: skip
+        await store.backend.transaction("c", unanswered_call)
     assert [m.role for m in await store.history("c")] == ["user"]
     await turn.finish("still fine")
     assert [m.role for m in await store.history("c")] == ["user", "assistant"]

@@ -40,8 +40,9 @@ async def test_a_landed_claim_is_recognised_on_retry(store: Store, target: Targe
         landed = Claimed(row.turn_id, row.epoch, row.next_position or 0)
         assert row.decision == "claimed"
     else:  # the general path
-        async with store.backend.write("c") as tx:
-            landed = await _own_landed_attempt(tx, turn.id, "c")
+        landed = await store.backend.transaction(
+            "c", lambda tx: _own_landed_attempt(tx, turn.id, "c")
+        )
     assert landed == Claimed(turn.id, turn.epoch, 1)
     assert await count_rows(store) == before  # nothing written twice
 
@@ -51,5 +52,9 @@ async def test_a_retry_of_a_claim_that_did_not_land_claims(store: Store, target:
         row = await store.backend.claim_fast(_request(store, "turn_fresh", retry=True))
         assert row is not None and row.decision == "claimed" and row.turn_id == "turn_fresh"
     else:
-        async with store.backend.write("c") as tx:
-            assert await _own_landed_attempt(tx, "turn_fresh", "c") is None
+        assert (
+            await store.backend.transaction(
+                "c", lambda tx: _own_landed_attempt(tx, "turn_fresh", "c")
+            )
+            is None
+        )

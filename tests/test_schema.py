@@ -14,6 +14,14 @@ from store.store import make_backend
 
 from .conftest import Target
 
+# SQLite's child-key indexes for its foreign-key checks (sqlite/0004_child_key_indexes.sql);
+# PostgreSQL never looks foreign keys up from the child side on insert.
+SQLITE_ONLY_INDEXES = {
+    "turnstore_messages_prev_key",
+    "turnstore_messages_chain_key",
+    "turnstore_messages_last_call_key",
+}
+
 
 def _shape(sync_conn: Any) -> dict[str, Any]:
     insp = inspect(sync_conn)
@@ -39,7 +47,9 @@ def _shape(sync_conn: Any) -> dict[str, Any]:
                 for fk in insp.get_foreign_keys(table)
             ),
             "indexes": sorted(
-                (ix["name"], tuple(ix["column_names"])) for ix in indexes if not ix["unique"]
+                (ix["name"], tuple(ix["column_names"]))
+                for ix in indexes
+                if not ix["unique"] and ix["name"] not in SQLITE_ONLY_INDEXES
             ),
             # Explicitly named CHECKs (PostgreSQL also names column checks after the table;
             # SQLite's inspector sees only the named ones).

@@ -247,6 +247,7 @@ class Ended:
 
 
 HandOver = Callable[["Tx", TurnEnd], Awaitable[ClaimRow | None]]
+TxWork = Callable[["Tx"], Awaitable[T]]
 
 
 async def commit_step_in(tx: Tx, step: StepWrite) -> str | None:
@@ -281,9 +282,11 @@ class Backend(ABC):
         return lock_key(self.namespace, conversation_id)
 
     @abstractmethod
-    def write(self, conversation_id: str) -> Any:
-        """``async with backend.write(conversation_id) as tx``: a transaction that holds
-        the conversation exclusively until it commits (or rolls back on error)."""
+    async def transaction(self, conversation_id: str, work: TxWork[T]) -> T:
+        """Run ``await work(tx)`` in a write transaction that holds ``conversation_id``
+        exclusively: committed if it returns, rolled back if it raises. ``work`` may await
+        nothing but its ``tx`` (a backend may run it without an event loop) and may run
+        again after a rollback (keep its effects in the database)."""
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
@@ -302,8 +305,7 @@ class Backend(ABC):
     async def commit_step(self, step: StepWrite) -> str | None:
         """Commit one step if the turn still holds its lease. Returns None on success,
         else ``'<status>:<steps>'`` of the turn, having written nothing."""
-        async with self.write(step.conversation_id) as tx:
-            return await commit_step_in(tx, step)
+        return await self.transaction(step.conversation_id, lambda tx: commit_step_in(tx, step))
 
     async def claim_fast(self, request: ClaimRequest) -> ClaimRow | None:
         """Take the whole claim decision in one round trip, if the backend can; None means
@@ -314,7 +316,8 @@ class Backend(ABC):
         """End a running turn (committing ``end.final`` first, if given), fenced like a
         step, and in the same transaction hand the conversation over to the next turn in
         line (``hand_over``, the store's decision: see ``store.claim``)."""
-        async with self.write(end.conversation_id) as tx:
+
+        async def work(tx: Tx) -> Ended:
             if end.final is not None:
                 refused = await commit_step_in(tx, end.final)
                 if refused is not None:
@@ -331,6 +334,8 @@ class Backend(ABC):
                 return Ended(await refusal(tx, end.turn_id))
             await tx.run("drop_staged_steps", turn_id=end.turn_id)
             return Ended(None, await hand_over(tx, end))
+
+        return await self.transaction(end.conversation_id, work)
 
     @abstractmethod
     async def migrate(self) -> list[int]:

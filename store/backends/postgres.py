@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg
@@ -30,8 +30,11 @@ from .base import (
     StepWrite,
     TurnEnd,
     Tx,
+    TxWork,
     lock_key,
 )
+
+T = TypeVar("T")
 
 Write = ClaimRequest | StepWrite | TurnEnd
 
@@ -124,12 +127,11 @@ class PostgresBackend(Backend):
         async with self._read_engine.connect() as conn:
             yield EngineTx(conn, self.statements)
 
-    @asynccontextmanager
-    async def write(self, conversation_id: str) -> AsyncIterator[Tx]:
+    async def transaction(self, conversation_id: str, work: TxWork[T]) -> T:
         async with self.engine.begin() as conn:
             tx = EngineTx(conn, self.statements)
             await tx.scalar("lock_conversation", lock_key=self.lock_key(conversation_id))
-            yield tx
+            return await work(tx)
 
     async def history_rows(self, conversation_id: str, last: int | None) -> Sequence[Any]:
         return await self._call(  # type: ignore[no-any-return]
@@ -191,7 +193,8 @@ class PostgresBackend(Backend):
                 for migration in sql.migrations(self.dialect):
                     if migration.version in done:
                         continue
-                    await driver.execute(migration.sql)
+                    if migration.has_statements:
+                        await driver.execute(migration.sql)
                     await driver.execute(
                         "INSERT INTO turnstore_migrations (version, name) VALUES ($1, $2)",
                         migration.version,

@@ -1,31 +1,35 @@
-"""SQLite through aiosqlite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every write
-transaction, which takes the database's single write lock and so serialises writers
-across connections and processes. Foreign keys (the deferred pairing checks) are switched
-on for every connection.
+"""SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every write transaction,
+which takes the database's single write lock and so serialises writers across
+connections and processes. Foreign keys (the deferred pairing checks) are switched on for
+every connection.
 
-Writes go through one dedicated aiosqlite connection per store (SQLite has one writer at a
-time anyway), queued first come first served on an anyio lock, with the named queries
-sent straight to the driver; reads and migrations use the SQLAlchemy engine."""
+Writes go through group commit (``store.group_commit``) to one dedicated ``sqlite3``
+connection per store (SQLite has one writer at a time anyway): the writes queued at one
+moment run in one ``BEGIN IMMEDIATE`` transaction, in one hop to a worker thread, where
+each write's code runs straight through (``run_to_end``: its ``Tx`` answers at once). Reads
+and migrations use the SQLAlchemy engine (aiosqlite)."""
 
 from __future__ import annotations
 
 import functools
 import sqlite3
 from collections import namedtuple
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 import anyio
+import anyio.to_thread
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .. import sql
-from .base import Backend, Tx
+from ..group_commit import GroupCommit
+from .base import Backend, Tx, TxWork
+
+T = TypeVar("T")
 
 _WRITE = "turnstore_write"
 _MIGRATIONS_TABLE = """
@@ -81,33 +85,41 @@ def _named_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Any:
     return _row_class(tuple(d[0] for d in cursor.description))(*row)
 
 
-class _DriverTx(Tx):
-    """Tx on the writer's aiosqlite connection: SQLite takes the queries' ``:name``
-    parameters as they are."""
+class _ThreadTx(Tx):
+    """Tx on the writer's ``sqlite3`` connection, in the writer thread: each call runs the
+    query at once (SQLite takes the queries' ``:name`` parameters as they are)."""
 
-    def __init__(self, conn: aiosqlite.Connection, statements: Mapping[str, str]) -> None:
-        self.driver = conn
+    def __init__(self, conn: sqlite3.Connection, statements: Mapping[str, str]) -> None:
+        self.conn = conn
         self._sql = statements
 
     async def all(self, name: str, **params: Any) -> Sequence[Any]:
-        async with self.driver.execute(self._sql[name], params) as cursor:
-            return await cursor.fetchall()
+        return self.conn.execute(self._sql[name], params).fetchall()
 
     async def one(self, name: str, **params: Any) -> Any:
-        async with self.driver.execute(self._sql[name], params) as cursor:
-            return await cursor.fetchone()
+        return self.conn.execute(self._sql[name], params).fetchone()
 
     async def scalar(self, name: str, **params: Any) -> Any:
-        row = await self.one(name, **params)
+        row = self.conn.execute(self._sql[name], params).fetchone()
         return None if row is None else row[0]
 
     async def run(self, name: str, **params: Any) -> int:
-        async with self.driver.execute(self._sql[name], params) as cursor:
-            return cursor.rowcount
+        return self.conn.execute(self._sql[name], params).rowcount
 
     async def run_many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
-            await self.driver.executemany(self._sql[name], rows)
+            self.conn.executemany(self._sql[name], rows)
+
+
+def run_to_end(work: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that awaits nothing that suspends (a ``_ThreadTx`` answers at
+    once) to its end, without an event loop."""
+    try:
+        work.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    work.close()
+    raise RuntimeError("a write transaction awaited something other than its Tx")
 
 
 class SqliteBackend(Backend):
@@ -125,46 +137,49 @@ class SqliteBackend(Backend):
         self._write_engine = engine.execution_options(**{_WRITE: True})
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous
-        self._writer_conn: aiosqlite.Connection | None = None
-        # SQLite has one writer at a time. Writers of this process queue here, first come
-        # first served, instead of in SQLite's busy handler, which sleeps (up to 100 ms a
-        # time) between retries; other processes still meet the busy timeout.
-        self._writer = anyio.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._thread = anyio.CapacityLimiter(1)  # one writer thread at a time
+        self._writes: GroupCommit[TxWork[Any], Any] = GroupCommit(
+            self._apply, is_connection_error=lambda _exc: False, max_concurrent=1
+        )
 
-    async def _writer_connection(self) -> aiosqlite.Connection:
-        if self._writer_conn is None:
-            conn = await aiosqlite.connect(
-                self.engine.url.database or "", timeout=self._busy_timeout, isolation_level=None
+    async def transaction(self, conversation_id: str, work: TxWork[T]) -> T:
+        return await self._writes.submit(work)  # type: ignore[no-any-return]
+
+    async def _apply(self, batch: Sequence[TxWork[Any]]) -> list[Any]:
+        return await anyio.to_thread.run_sync(self._apply_in_thread, batch, limiter=self._thread)
+
+    def _apply_in_thread(self, batch: Sequence[TxWork[Any]]) -> list[Any]:
+        conn = self._writer()
+        tx = _ThreadTx(conn, self.statements_text)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [run_to_end(work(tx)) for work in batch]
+            conn.execute("COMMIT")  # may raise: a deferred pairing check refused the batch
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self.engine.url.database or "",
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,  # used by one worker thread at a time
             )
             conn.row_factory = _named_row
             for pragma in _pragmas(self._synchronous, self._busy_timeout):
-                await conn.execute(pragma)
-            self._writer_conn = conn
-        return self._writer_conn
-
-    @asynccontextmanager
-    async def write(self, conversation_id: str) -> AsyncIterator[Tx]:
-        async with self._writer:
-            conn = await self._writer_connection()
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield _DriverTx(conn, self.statements_text)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await conn.execute("ROLLBACK")
-                raise
-            with anyio.CancelScope(shield=True):
-                try:
-                    await conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:  # a deferred constraint refused the commit
-                        await conn.execute("ROLLBACK")
-                    raise
+                conn.execute(pragma)
+            self._conn = conn
+        return self._conn
 
     async def close(self) -> None:
-        if self._writer_conn is not None:
-            await self._writer_conn.close()
-            self._writer_conn = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await anyio.to_thread.run_sync(conn.close, limiter=self._thread)
         await super().close()
 
     async def applied_versions(self) -> list[int]:

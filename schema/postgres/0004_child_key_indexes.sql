@@ -1,0 +1,8 @@
+-- turnstore schema, version 4, PostgreSQL: nothing to do.
+--
+-- On SQLite this version indexes the child keys of the deferred pairing checks: while a
+-- step is being inserted one of its checks is outstanding, and SQLite then looks up the
+-- children of every row it inserts (see sqlite/0004_child_key_indexes.sql). PostgreSQL
+-- checks only the child side of a foreign key on INSERT, with the parent key's unique
+-- index; the parent side only on UPDATE or DELETE, which the append-only triggers refuse.
+-- The version exists here so that both dialects keep the same migration history.
