@@ -38,7 +38,7 @@ from .messages import (
     encode_step,
     encode_user_message,
 )
-from .turn import Turn
+from .turn import Turn, TurnOutcome
 
 if TYPE_CHECKING:
     from .store import Store
@@ -327,13 +327,19 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     break
-                await store.wakeups.sleep(waiter, min(delay, remaining))
+                # A turn of this process that holds the conversation hands it over or wakes
+                # the line when it ends: poll only to keep this turn's own lease alive.
+                if store.wakeups.held_here(cid):
+                    pause = store.config.heartbeat_seconds or delay
+                else:
+                    pause = delay
+                    delay = min(delay * 2, store.config.poll_max_seconds)
+                await store.wakeups.sleep(waiter, min(pause, remaining))
                 if waiter.handed is not None:
                     break
                 decision = await _decide(store, submit, turn_id, "wait", first=False)
                 if not isinstance(decision, Queued):
                     return decision
-                delay = min(delay * 2, store.config.poll_max_seconds)
             if waiter.handed is not None:
                 return _from_row(waiter.handed, submit)
         except BaseException:
@@ -366,8 +372,8 @@ async def _give_up(store: Store, submit: Submit, turn_id: str, why: str) -> Clai
 
     with anyio.CancelScope(shield=True):
         started = await store.backend.retrying(attempt)
-    if started is None:
-        store.wakeups.wake_next(cid)
+    if started is None:  # its duplicates learn it; the next in line may claim
+        store.wakeups.turn_ended(cid, TurnOutcome(turn_id, "refused", why, 0), handed_over=False)
     return started
 
 

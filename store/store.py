@@ -208,10 +208,10 @@ class Store:
         )
 
     async def wait_for_turn(self, turn_id: str) -> TurnOutcome:
-        """Wait until a turn has ended; return its outcome. A turn that runs in this process
-        tells its waiters when it ends, without a database read (which is still made every
-        ``_LOCAL_RECHECK_S``, in case it was taken over elsewhere); one in another process is
-        seen within a poll (0.5 s at most)."""
+        """Wait until a turn has ended; return its outcome. A turn that runs or waits in
+        this process tells its waiters when it ends, without a database read (which is still
+        made every ``_LOCAL_RECHECK_S``, in case it was taken over elsewhere); one in another
+        process is seen within a poll (0.5 s at most)."""
         delay = 0.05
         recheck_at = 0.0
         while True:
@@ -219,7 +219,7 @@ class Store:
             if outcome is not None:
                 return outcome  # type: ignore[no-any-return]
             now = anyio.current_time()
-            if not self.wakeups.runs_here(turn_id) or now >= recheck_at:
+            if not self.wakeups.lives_here(turn_id) or now >= recheck_at:
                 info = await self.turn_status(turn_id)
                 if info.status in TERMINAL:
                     return TurnOutcome(info.id, info.status, info.error, info.steps)

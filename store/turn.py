@@ -287,12 +287,11 @@ class Turn:
             if write is not None:
                 self._committed(write)
             self.status = status
-        if ended.handed_to is not None:
-            store.wakeups.handed_over(self.conversation_id, ended.handed_to)
+        handed = ended.handed_to is not None and store.wakeups.handed_over(ended.handed_to)
         store.wakeups.turn_ended(
             self.conversation_id,
             TurnOutcome(self.id, status, error, self.steps),
-            handed_over=ended.handed_to is not None,
+            handed_over=handed,
         )
 
     async def end_quietly(self, status: EndStatus, error: str) -> None:

@@ -36,7 +36,11 @@ class LocalWakeups:
     def __init__(self) -> None:
         self._queues: dict[str, deque[Waiter]] = {}
         self._ended: dict[str, anyio.Event] = {}
+        # turns running here, by turn id and by conversation (a Turn that is dropped
+        # without ending leaves them when it is collected)
         self._running: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._holders: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._waiting: dict[str, Waiter] = {}
         self._outcomes: OrderedDict[str, Any] = OrderedDict()
 
     # --- submits waiting for a conversation -----------------------------------------------
@@ -47,10 +51,12 @@ class LocalWakeups:
         waiter = Waiter(turn_id)
         line = self._queues.setdefault(conversation_id, deque())
         line.append(waiter)
+        self._waiting[turn_id] = waiter
         try:
             yield waiter
         finally:
             line.remove(waiter)
+            del self._waiting[turn_id]
             if waiter.event.is_set() and waiter.handed is None and line:
                 line[0].event.set()  # pass an unused wake-up on
             if not line:
@@ -70,23 +76,33 @@ class LocalWakeups:
         if line:
             line[0].event.set()
 
-    def handed_over(self, conversation_id: str, started: ClaimRow) -> None:
+    def handed_over(self, started: ClaimRow) -> bool:
         """The turn ``started.turn_id`` was handed the conversation (it is running, its
-        message written): tell its submitter if it waits here."""
-        for waiter in self._queues.get(conversation_id, ()):
-            if waiter.turn_id == started.turn_id:
-                waiter.handed = started
-                waiter.event.set()
-                return
+        message written): tell its submitter, and return True, if it waits here."""
+        waiter = self._waiting.get(started.turn_id)
+        if waiter is None:
+            return False
+        waiter.handed = started
+        waiter.event.set()
+        return True
 
     # --- turns of this process ----------------------------------------------------------
 
     def turn_started(self, turn: Any) -> None:
         """``turn`` (a ``Turn``) runs in this process until ``turn_ended``."""
         self._running[turn.id] = turn
+        self._holders[turn.conversation_id] = turn
 
-    def runs_here(self, turn_id: str) -> bool:
+    def lives_here(self, turn_id: str) -> bool:
+        """The turn runs, or waits for its conversation, in this process: it will tell its
+        waiters here when it ends."""
         turn = self._running.get(turn_id)
+        return (turn is not None and turn.status == "running") or turn_id in self._waiting
+
+    def held_here(self, conversation_id: str) -> bool:
+        """A turn of this process holds the conversation: it will hand it over (or wake the
+        line) when it ends."""
+        turn = self._holders.get(conversation_id)
         return turn is not None and turn.status == "running"
 
     def outcome(self, turn_id: str) -> Any:
@@ -99,8 +115,12 @@ class LocalWakeups:
 
     def turn_ended(self, conversation_id: str, outcome: Any, *, handed_over: bool) -> None:
         """A turn of this process ended with ``outcome`` (a ``TurnOutcome``). Unless it
-        handed the conversation over, wake the oldest local waiter to try to claim it."""
+        handed the conversation over to a waiter here, wake the oldest local waiter: to
+        claim it, or to poll while a turn of another process holds it."""
         self._running.pop(outcome.turn_id, None)
+        holder = self._holders.get(conversation_id)
+        if holder is not None and holder.id == outcome.turn_id:
+            del self._holders[conversation_id]
         self._outcomes[outcome.turn_id] = outcome
         if len(self._outcomes) > _OUTCOMES_KEPT:
             self._outcomes.popitem(last=False)
