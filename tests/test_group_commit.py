@@ -1,0 +1,139 @@
+"""Group commit on its own (no database): writes sent at the same moment share a batch,
+each gets its own answer, a refused write fails alone, a broken connection fails its
+whole batch, and a caller's cancellation never cuts a batch short."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import pytest
+
+from store.group_commit import GroupCommit
+
+
+class Broken(ConnectionError):
+    pass
+
+
+class Recorder:
+    """An ``apply`` that records its batches; writes named "bad" make a batch fail."""
+
+    def __init__(self, seconds: float = 0.01) -> None:
+        self.batches: list[list[str]] = []
+        self.running = 0
+        self.most_running = 0
+        self.seconds = seconds
+        self.broken = False
+
+    async def __call__(self, ops: Sequence[str]) -> list[str]:
+        self.batches.append(list(ops))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await anyio.sleep(self.seconds)
+        finally:
+            self.running -= 1
+        if self.broken:
+            raise Broken("connection lost")
+        if "bad" in ops:
+            raise ValueError("refused")
+        return [f"done:{op}" for op in ops]
+
+
+def _commit(apply: Recorder, **kwargs: int) -> GroupCommit[str, str]:
+    return GroupCommit(apply, is_connection_error=lambda e: isinstance(e, Broken), **kwargs)
+
+
+async def test_writes_sent_together_share_batches_and_get_their_own_answers() -> None:
+    apply = Recorder()
+    commit = _commit(apply, max_concurrent=2)
+    answers: dict[str, str] = {}
+
+    async def send(op: str) -> None:
+        answers[op] = await commit.submit(op)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(send, f"w{i}")
+    assert answers == {f"w{i}": f"done:w{i}" for i in range(40)}
+    assert sorted(op for batch in apply.batches for op in batch) == sorted(answers)
+    assert len(apply.batches) < 10  # 40 writes, far fewer round trips
+    assert apply.most_running <= 2
+    assert (commit.batches, commit.writes) == (len(apply.batches), 40)
+
+
+async def test_a_lone_write_is_applied_at_once() -> None:
+    apply = Recorder(seconds=0)
+    commit = _commit(apply)
+    assert await commit.submit("only") == "done:only"
+    assert apply.batches == [["only"]]
+
+
+async def test_a_refused_write_fails_alone_and_the_others_land() -> None:
+    apply = Recorder()
+    commit = _commit(apply, max_concurrent=1)
+    results: dict[str, object] = {}
+
+    async def send(op: str) -> None:
+        try:
+            results[op] = await commit.submit(op)
+        except ValueError as exc:
+            results[op] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "first")  # runs alone; the rest queue behind it
+        await anyio.sleep(0.001)
+        for op in ("a", "bad", "b"):
+            tg.start_soon(send, op)
+    assert results["a"] == "done:a" and results["b"] == "done:b"
+    assert results["first"] == "done:first"
+    assert isinstance(results["bad"], ValueError)
+    assert ["a", "bad", "b"] in apply.batches  # tried together, then one by one
+    assert ["a"] in apply.batches and ["bad"] in apply.batches and ["b"] in apply.batches
+
+
+async def test_a_broken_connection_fails_the_whole_batch_without_retrying_it() -> None:
+    apply = Recorder()
+    commit = _commit(apply, max_concurrent=1)
+    errors: list[BaseException] = []
+
+    async def send(op: str) -> None:
+        try:
+            await commit.submit(op)
+        except Broken as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "first")
+        await anyio.sleep(0.001)
+        apply.broken = True
+        for op in ("a", "b", "c"):
+            tg.start_soon(send, op)
+    assert len(errors) == 4  # each caller's own retry decides what to do
+    assert apply.batches == [["first"], ["a", "b", "c"]]
+
+
+async def test_a_cancelled_caller_does_not_cut_its_batch_short() -> None:
+    apply = Recorder(seconds=0.05)
+    commit = _commit(apply, max_concurrent=1)
+    answers: list[str] = []
+
+    async def send(op: str) -> None:
+        answers.append(await commit.submit(op))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "other")
+        await anyio.sleep(0.001)
+        with anyio.move_on_after(0.01) as scope:  # expires while "mine" waits its turn
+            answers.append(await commit.submit("mine"))
+    assert scope.cancel_called
+    assert sorted(op for batch in apply.batches for op in batch) == ["mine", "other"]
+    assert sorted(answers) == ["done:mine", "done:other"]  # it landed, and says so
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError):
+        _commit(Recorder(), max_concurrent=0)
+    with pytest.raises(ValueError):
+        _commit(Recorder(), max_batch=0)
