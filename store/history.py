@@ -76,3 +76,12 @@ async def read_history(
     if last is not None and last <= 0:
         return []
     return decode_rows(conversation_id, await backend.history_rows(conversation_id, last))
+
+
+async def read_replay_rows(
+    backend: Backend, conversation_id: str, last: int | None
+) -> Sequence[Sequence[Any]]:
+    """The rows ``store.replay.fast`` formats: those ``read_history`` reads, fewer columns."""
+    if last is not None and last <= 0:
+        return []
+    return await backend.replay_rows(conversation_id, last)
