@@ -9,30 +9,13 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
+from ..history import decode_json
 from .model import Message, ToolCall
 from .readers import stored_call, stored_message
 
 # The columns of the ``replay`` queries (schema/<dialect>/queries.sql), JSON as text.
 POSITION, ROLE, CALLS, CONTENT, CALL_ID, TOOL_NAME, ARGUMENTS, CALL_DATA, IS_ERROR = range(9)
 Row = Sequence[Any]
-
-
-def decode_json(texts: Sequence[str | None]) -> list[Any]:
-    """Each JSON text decoded (None stays None), in one ``json.loads`` of them all: one call
-    per text costs about as much again as the parsing itself. The schema makes every text
-    one JSON value; should the joined text still not parse into as many values, each is
-    decoded alone, so that a bad one fails as it would on its own."""
-    present = [t for t in texts if t is not None]
-    try:
-        values = json.loads(f"[{','.join(present)}]")
-    except ValueError:
-        values = None
-    if values is None or len(values) != len(present):
-        values = [json.loads(t) for t in present]
-    if len(present) == len(texts):
-        return values  # type: ignore[no-any-return]
-    found = iter(values)
-    return [None if t is None else next(found) for t in texts]
 
 
 class StoredRows:
