@@ -52,7 +52,7 @@ def server_settings(schema: str | None) -> dict[str, str]:
 def driver_sql(statement: TextClause, params: tuple[str, ...]) -> str:
     """A named query (``:name`` parameters) as asyncpg takes it (``$1``, ...), to be called
     with the values of ``params`` in that order."""
-    compiled = statement.compile(dialect=asyncpg_dialect())
+    compiled = statement.compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
     if tuple(compiled.positiontup or ()) != params:
         raise ValueError(f"query parameters are {compiled.positiontup}, not {params}")
     return compiled.string

@@ -2,7 +2,8 @@
 
 ``build_request(messages, "anthropic")`` sanitizes canonical messages (see ``readers`` to get
 them from stored rows) and formats them for one provider; it returns the body fields and
-the list of repairs.
+the list of repairs. ``Store.replay`` returns the same for the store's own history, formatted
+straight from its rows when the sanitizer would change nothing (``fast``).
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ PlainCall = tuple[str, str, Any]
 
 
 class Format(ABC):
+    """One provider's request body, under construction."""
+
     #: True: calls reach ``assistant_texts`` with their arguments as JSON text (the OpenAI
     #: formats send a string, so the stored text passes through undecoded); False: decoded.
     arguments_as_text: ClassVar[bool]

@@ -168,7 +168,7 @@ async def test_replay_equals_the_general_path(quiet_store: Store, provider: str)
                     name,
                     provider,
                     last=last,
-                    unanswered=unanswered,  # type: ignore[arg-type]
+                    unanswered=unanswered,
                 )
                 expected = await general(quiet_store, name, provider, last, unanswered)
                 assert canonical(fast_path) == canonical(expected), (name, last, unanswered)
