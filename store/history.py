@@ -11,9 +11,23 @@ from .backends.base import Backend, Tx
 from .messages import StoredMessage, StoredToolCall, ToolCall
 
 
-def _json(value: Any) -> Any:
-    """Drivers return JSON columns decoded (asyncpg) or as text (SQLite)."""
-    return json.loads(value) if isinstance(value, str) else value
+def decode_json(values: Sequence[Any]) -> list[Any]:
+    """A JSON column of rows, decoded: the texts in one ``json.loads`` of them all, since one
+    call per row costs about as much again as the parsing itself. None and values the
+    driver already decoded are kept. The schema makes each text one JSON value; should the
+    joined text still not parse into as many values, each is decoded alone, so that a bad
+    one fails as it would on its own."""
+    texts = [v for v in values if isinstance(v, str)]
+    try:
+        decoded = json.loads(f"[{','.join(texts)}]")
+    except ValueError:
+        decoded = None
+    if decoded is None or len(decoded) != len(texts):
+        decoded = [json.loads(t) for t in texts]
+    if len(texts) == len(values):
+        return decoded  # type: ignore[no-any-return]
+    found = iter(decoded)
+    return [next(found) if isinstance(v, str) else v for v in values]
 
 
 def _text(value: Any) -> str | None:
@@ -32,23 +46,27 @@ def decode_rows(conversation_id: str, rows: Sequence[Sequence[Any]]) -> list[Sto
     """Build messages from rows (the ``history`` query's columns, in position order). An
     assistant message gets its tool calls from the tool rows of its step, which directly
     follow it."""
+    contents = decode_json([row[5] for row in rows])
+    arguments = decode_json([row[8] for row in rows])
+    call_data = decode_json([row[9] for row in rows])
     messages: list[StoredMessage] = []
-    loads = json.loads
     for i, row in enumerate(rows):
-        (position, role, turn_id, step, calls_count, content, call_id, tool_name, _, _,
+        (position, role, turn_id, step, calls_count, _, call_id, tool_name, _, _,
          is_error, created_at) = row  # fmt: skip
         calls: tuple[ToolCall, ...] = ()
         if calls_count and role == "assistant":
             calls = tuple(
-                StoredToolCall(tool[6], tool[7], _json(tool[8]), _json(tool[9]), _text(tool[8]))
-                for tool in rows[i + 1 : i + 1 + calls_count]
+                StoredToolCall(
+                    rows[j][6], rows[j][7], arguments[j], call_data[j], _text(rows[j][8])
+                )
+                for j in range(i + 1, min(i + 1 + calls_count, len(rows)))
             )
         messages.append(
             StoredMessage(
                 conversation_id,
                 position,
                 role,
-                loads(content) if isinstance(content, str) else content,
+                contents[i],
                 turn_id,
                 step,
                 calls,
@@ -76,3 +94,12 @@ async def read_history(
     if last is not None and last <= 0:
         return []
     return decode_rows(conversation_id, await backend.history_rows(conversation_id, last))
+
+
+async def read_replay_rows(
+    backend: Backend, conversation_id: str, last: int | None
+) -> Sequence[Sequence[Any]]:
+    """The rows ``store.replay.fast`` formats: those ``read_history`` reads, fewer columns."""
+    if last is not None and last <= 0:
+        return []
+    return await backend.replay_rows(conversation_id, last)

@@ -141,6 +141,21 @@ SELECT position, role, turn_id, step, tool_call_count, content, tool_call_id, to
  WHERE conversation_id = :conversation_id AND position >= :from_position
  ORDER BY position;
 
+-- name: replay
+-- What replay needs of about the last :last messages (0: all), from the start of the step
+-- the window would cut (see window_start), in one statement.
+SELECT position, role, tool_call_count, content, tool_call_id, tool_name,
+       tool_arguments, tool_call_data, is_error
+  FROM turnstore_messages
+ WHERE conversation_id = :conversation_id
+   AND position >= coalesce(
+         (SELECT step_position FROM turnstore_messages
+           WHERE conversation_id = :conversation_id
+             AND position = (SELECT max(position) FROM turnstore_messages
+                              WHERE conversation_id = :conversation_id) - :last + 1),
+         0)
+ ORDER BY position;
+
 -- name: set_turn_steps
 UPDATE turnstore_turns SET steps = :step WHERE id = :turn_id;
 

@@ -302,6 +302,12 @@ class Backend(ABC):
             start = await window_start(tx, conversation_id, last)
             return await tx.all("history", conversation_id=conversation_id, from_position=start)
 
+    async def replay_rows(self, conversation_id: str, last: int | None) -> Sequence[Any]:
+        """What replay reads of a conversation (about the ``last`` N messages, never
+        starting inside a step): the ``replay`` query's columns, JSON as text."""
+        async with self.read() as tx:
+            return await tx.all("replay", conversation_id=conversation_id, last=last or 0)
+
     async def commit_step(self, step: StepWrite) -> str | None:
         """Commit one step if the turn still holds its lease. Returns None on success,
         else ``'<status>:<steps>'`` of the turn, having written nothing."""

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import TextClause
 
 from .. import sql
 from ..group_commit import GroupCommit
@@ -58,6 +60,15 @@ def server_settings(schema: str | None) -> dict[str, str]:
     return settings
 
 
+def driver_sql(statement: TextClause, params: tuple[str, ...]) -> str:
+    """A named query (``:name`` parameters) as asyncpg takes it (``$1``, ...), to be called
+    with the values of ``params`` in that order."""
+    compiled = statement.compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
+    if tuple(compiled.positiontup or ()) != params:
+        raise ValueError(f"query parameters are {compiled.positiontup}, not {params}")
+    return compiled.string
+
+
 def create_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngine:
     connect_args: dict[str, Any] = {"server_settings": server_settings(schema)}
     return create_async_engine(
@@ -84,6 +95,7 @@ class PostgresBackend(Backend):
             is_connection_error=self.is_connection_error_anywhere,
             max_concurrent=max(1, min(2, pool_size)),
         )
+        self._replay_sql = driver_sql(self.statements["replay"], ("conversation_id", "last"))
 
     async def _hot_pool(self) -> asyncpg.Pool:
         """asyncpg's pool for the hot calls: a checkout costs a fraction of SQLAlchemy's,
@@ -136,6 +148,11 @@ class PostgresBackend(Backend):
     async def history_rows(self, conversation_id: str, last: int | None) -> Sequence[Any]:
         return await self._call(  # type: ignore[no-any-return]
             "fetch", self.statements_text["history_window_driver"], conversation_id, last or 0
+        )
+
+    async def replay_rows(self, conversation_id: str, last: int | None) -> Sequence[Any]:
+        return await self._call(  # type: ignore[no-any-return]
+            "fetch", self._replay_sql, conversation_id, last or 0
         )
 
     async def commit_step(self, step: StepWrite) -> str | None:

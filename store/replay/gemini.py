@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .format import Format, PlainCall
 from .model import (
     AssistantMessage,
     ImagePart,
@@ -26,42 +27,75 @@ from .render import json_copy, result_text, texts
 
 def to_gemini(messages: Sequence[Message]) -> dict[str, Any]:
     """``{"contents": [...]}`` (plus ``systemInstruction``) for sanitized ``messages``."""
-    contents: list[dict[str, Any]] = []
-    for message in messages:
-        if isinstance(message, SystemMessage):
-            continue
-        role, parts = _parts(message)
+    return Gemini.of(messages)
+
+
+class Gemini(Format):
+    arguments_as_text = False
+
+    def __init__(self) -> None:
+        self.systems: list[str] = []
+        self.contents: list[dict[str, Any]] = []
+
+    def body(self) -> dict[str, Any]:
+        for content in self.contents:
+            if content["role"] == "user":  # responses first in a merged user turn (stable sort)
+                content["parts"].sort(key=lambda part: "functionResponse" not in part)
+        body: dict[str, Any] = {"contents": self.contents}
+        if self.systems:
+            body["systemInstruction"] = {"parts": [{"text": text} for text in self.systems]}
+        return body
+
+    def _add(self, role: str, parts: list[dict[str, Any]]) -> None:
         if not parts:
-            continue
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
+            return
+        if self.contents and self.contents[-1]["role"] == role:
+            self.contents[-1]["parts"].extend(parts)
         else:
-            contents.append({"role": role, "parts": parts})
-    for content in contents:
-        if content["role"] == "user":  # responses first in a merged user turn (stable sort)
-            content["parts"].sort(key=lambda part: "functionResponse" not in part)
-    body: dict[str, Any] = {"contents": contents}
-    system = [m.text for m in messages if isinstance(m, SystemMessage) and m.text.strip()]
-    if system:
-        body["systemInstruction"] = {"parts": [{"text": text} for text in system]}
-    return body
+            self.contents.append({"role": role, "parts": parts})
 
+    def system(self, message: SystemMessage) -> None:
+        if message.text.strip():
+            self.systems.append(message.text)
 
-def _parts(message: Message) -> tuple[str, list[dict[str, Any]]]:
-    if isinstance(message, UserMessage):
-        return "user", [_user_part(p) for p in message.parts if _keep(p)]
-    if isinstance(message, AssistantMessage):
+    def user(self, message: UserMessage) -> None:
+        self._add("user", [_user_part(p) for p in message.parts if _keep(p)])
+
+    def user_texts(self, texts: list[str]) -> None:
+        self._add("user", [{"text": t} for t in texts if t.strip()])
+
+    def assistant(self, message: AssistantMessage) -> None:
         parts: list[dict[str, Any]] = [{"text": t} for t in texts(message.parts)]
         for call in message.tool_calls:
-            part: dict[str, Any] = {
-                "functionCall": {"name": call.name, "args": json_copy(call.arguments)}
-            }
+            part = _function_call(call.name, json_copy(call.arguments))
             if call.thought_signature:
                 part["thoughtSignature"] = call.thought_signature
             parts.append(part)
-        return "model", parts
-    assert isinstance(message, ToolResult)
-    return "user", [{"functionResponse": {"name": message.name, "response": _response(message)}}]
+        self._add("model", parts)
+
+    def assistant_texts(self, texts: list[str], calls: list[PlainCall]) -> None:
+        parts = [{"text": t} for t in texts if t.strip()]
+        parts.extend(_function_call(name, arguments) for _, name, arguments in calls)
+        self._add("model", parts)
+
+    def result(self, message: ToolResult) -> None:
+        if message.is_error:
+            response = {"error": result_text(message.content, False)}
+        elif len(message.content) == 1 and isinstance(message.content[0], JsonPart):
+            response = {"output": json_copy(message.content[0].value)}
+        else:
+            response = {"output": result_text(message.content, False)}
+        self._response(message.name, response)
+
+    def result_texts(self, call_id: str, name: str, texts: list[str], is_error: bool) -> None:
+        self._response(name, {"error" if is_error else "output": "\n".join(texts)})
+
+    def _response(self, name: str, response: dict[str, Any]) -> None:
+        self._add("user", [{"functionResponse": {"name": name, "response": response}}])
+
+
+def _function_call(name: str, arguments: Any) -> dict[str, Any]:
+    return {"functionCall": {"name": name, "args": arguments}}
 
 
 def _keep(part: TextPart | ImagePart) -> bool:
@@ -74,11 +108,3 @@ def _user_part(part: TextPart | ImagePart) -> dict[str, Any]:
     if part.url:
         return {"fileData": {"mimeType": part.mime_type or "", "fileUri": part.url}}
     return {"inlineData": {"mimeType": part.mime_type or "", "data": part.data or ""}}
-
-
-def _response(result: ToolResult) -> dict[str, Any]:
-    if result.is_error:
-        return {"error": result_text(result.content, False)}
-    if len(result.content) == 1 and isinstance(result.content[0], JsonPart):
-        return {"output": json_copy(result.content[0].value)}
-    return {"output": result_text(result.content, False)}

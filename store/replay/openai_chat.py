@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .format import Format, PlainCall
 from .model import (
     AssistantMessage,
     DeepSeekReasoning,
@@ -21,58 +22,67 @@ from .model import (
     ToolResult,
     UserMessage,
 )
-from .render import arguments_json, image_url, result_text, texts
+from .render import arguments_json, image_url, joined, marked_error, result_text, texts
 
 
 def to_openai_chat(messages: Sequence[Message]) -> dict[str, Any]:
     """``{"messages": [...]}`` for sanitized ``messages``."""
-    return {"messages": [_message(m) for m in messages]}
+    return OpenAIChat.of(messages)
 
 
-def _message(message: Message) -> dict[str, Any]:
-    if isinstance(message, SystemMessage):
-        return {"role": "system", "content": message.text}
-    if isinstance(message, UserMessage):
-        return {"role": "user", "content": _user_content(message)}
-    if isinstance(message, AssistantMessage):
-        return _assistant(message)
-    return _tool(message)
+class OpenAIChat(Format):
+    arguments_as_text = True
 
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
 
-def _user_content(message: UserMessage) -> str | list[dict[str, Any]]:
-    if not any(isinstance(p, ImagePart) for p in message.parts):
-        return "\n".join(texts(message.parts))
-    content: list[dict[str, Any]] = []
-    for part in message.parts:
-        if isinstance(part, ImagePart):
-            content.append({"type": "image_url", "image_url": {"url": image_url(part)}})
-        elif isinstance(part, TextPart) and part.text.strip():
-            content.append({"type": "text", "text": part.text})
-    return content
+    def body(self) -> dict[str, Any]:
+        return {"messages": self.messages}
 
+    def system(self, message: SystemMessage) -> None:
+        self.messages.append({"role": "system", "content": message.text})
 
-def _assistant(message: AssistantMessage) -> dict[str, Any]:
-    text = "\n".join(texts(message.parts))
-    out: dict[str, Any] = {"role": "assistant", "content": text}
-    if message.tool_calls:
-        out["content"] = text or None
-        out["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": arguments_json(call)},
-            }
-            for call in message.tool_calls
-        ]
+    def user(self, message: UserMessage) -> None:
+        if not any(isinstance(p, ImagePart) for p in message.parts):
+            self.user_texts([p.text for p in message.parts if isinstance(p, TextPart)])
+            return
+        content: list[dict[str, Any]] = []
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                content.append({"type": "image_url", "image_url": {"url": image_url(part)}})
+            elif isinstance(part, TextPart) and part.text.strip():
+                content.append({"type": "text", "text": part.text})
+        self.messages.append({"role": "user", "content": content})
+
+    def user_texts(self, texts: list[str]) -> None:
+        self.messages.append({"role": "user", "content": joined(texts)})
+
+    def assistant(self, message: AssistantMessage) -> None:
+        calls = [_call(c.id, c.name, arguments_json(c)) for c in message.tool_calls]
         reasoning = [r.text for r in message.reasoning if isinstance(r, DeepSeekReasoning)]
-        if reasoning:
-            out["reasoning_content"] = "".join(reasoning)
-    return out
+        self._assistant("\n".join(texts(message.parts)), calls, reasoning)
+
+    def assistant_texts(self, texts: list[str], calls: list[PlainCall]) -> None:
+        self._assistant(joined(texts), [_call(*call) for call in calls], [])
+
+    def _assistant(self, text: str, calls: list[dict[str, Any]], reasoning: list[str]) -> None:
+        out: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            out["content"] = text or None
+            out["tool_calls"] = calls
+            if reasoning:
+                out["reasoning_content"] = "".join(reasoning)
+        self.messages.append(out)
+
+    def result(self, message: ToolResult) -> None:
+        self._tool(message.call_id, result_text(message.content, message.is_error))
+
+    def result_texts(self, call_id: str, name: str, texts: list[str], is_error: bool) -> None:
+        self._tool(call_id, marked_error("\n".join(texts), is_error))
+
+    def _tool(self, call_id: str, content: str) -> None:
+        self.messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
 
 
-def _tool(result: ToolResult) -> dict[str, Any]:
-    return {
-        "role": "tool",
-        "tool_call_id": result.call_id,
-        "content": result_text(result.content, result.is_error),
-    }
+def _call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}

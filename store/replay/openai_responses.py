@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .format import Format, PlainCall
 from .model import (
     AssistantMessage,
     ImagePart,
@@ -21,52 +22,79 @@ from .model import (
     ToolResult,
     UserMessage,
 )
-from .render import arguments_json, image_url, result_text, texts
+from .render import arguments_json, image_url, joined, marked_error, result_text, texts
 
 
 def to_openai_responses(messages: Sequence[Message]) -> dict[str, Any]:
     """``{"input": [...]}`` for sanitized ``messages``."""
-    items: list[dict[str, Any]] = []
-    for message in messages:
-        if isinstance(message, SystemMessage):
-            items.append({"type": "message", "role": "system", "content": message.text})
-        elif isinstance(message, UserMessage):
-            items.append({"type": "message", "role": "user", "content": _user_content(message)})
-        elif isinstance(message, AssistantMessage):
-            items.extend(_assistant(message))
-        else:
-            items.append(_output(message))
-    return {"input": items}
+    return OpenAIResponses.of(messages)
 
 
-def _user_content(message: UserMessage) -> list[dict[str, Any]]:
-    content: list[dict[str, Any]] = []
-    for part in message.parts:
-        if isinstance(part, ImagePart):
-            content.append({"type": "input_image", "image_url": image_url(part)})
-        elif isinstance(part, TextPart) and part.text.strip():
-            content.append({"type": "input_text", "text": part.text})
-    return content
+class OpenAIResponses(Format):
+    arguments_as_text = True
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def body(self) -> dict[str, Any]:
+        return {"input": self.items}
+
+    def system(self, message: SystemMessage) -> None:
+        self.items.append({"type": "message", "role": "system", "content": message.text})
+
+    def user(self, message: UserMessage) -> None:
+        content: list[dict[str, Any]] = []
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                content.append({"type": "input_image", "image_url": image_url(part)})
+            elif isinstance(part, TextPart) and part.text.strip():
+                content.append(_input_text(part.text))
+        self._user(content)
+
+    def user_texts(self, texts: list[str]) -> None:
+        self._user([_input_text(t) for t in texts if t.strip()])
+
+    def _user(self, content: list[dict[str, Any]]) -> None:
+        self.items.append({"type": "message", "role": "user", "content": content})
+
+    def assistant(self, message: AssistantMessage) -> None:
+        reasoning = [_reasoning(r) for r in message.reasoning if isinstance(r, OpenAIReasoning)]
+        calls = []
+        for call in message.tool_calls:
+            item = _call(call.id, call.name, arguments_json(call))
+            if reasoning and call.item_id:
+                item["id"] = call.item_id
+            calls.append(item)
+        self._assistant("\n".join(texts(message.parts)), calls, reasoning)
+
+    def assistant_texts(self, texts: list[str], calls: list[PlainCall]) -> None:
+        self._assistant(joined(texts), [_call(*call) for call in calls], [])
+
+    def _assistant(
+        self, text: str, calls: list[dict[str, Any]], reasoning: list[dict[str, Any]]
+    ) -> None:
+        said = [{"type": "message", "role": "assistant", "content": text}] if text else []
+        if calls:
+            self.items.extend([*said, *reasoning, *calls])
+        elif said:
+            self.items.extend([*reasoning, *said])
+
+    def result(self, message: ToolResult) -> None:
+        self._output(message.call_id, result_text(message.content, message.is_error))
+
+    def result_texts(self, call_id: str, name: str, texts: list[str], is_error: bool) -> None:
+        self._output(call_id, marked_error("\n".join(texts), is_error))
+
+    def _output(self, call_id: str, output: str) -> None:
+        self.items.append({"type": "function_call_output", "call_id": call_id, "output": output})
 
 
-def _assistant(message: AssistantMessage) -> list[dict[str, Any]]:
-    reasoning = [_reasoning(r) for r in message.reasoning if isinstance(r, OpenAIReasoning)]
-    text = "\n".join(texts(message.parts))
-    said = [{"type": "message", "role": "assistant", "content": text}] if text else []
-    calls = []
-    for call in message.tool_calls:
-        item: dict[str, Any] = {
-            "type": "function_call",
-            "call_id": call.id,
-            "name": call.name,
-            "arguments": arguments_json(call),
-        }
-        if reasoning and call.item_id:
-            item["id"] = call.item_id
-        calls.append(item)
-    if calls:
-        return [*said, *reasoning, *calls]
-    return [*reasoning, *said] if said else []
+def _input_text(text: str) -> dict[str, Any]:
+    return {"type": "input_text", "text": text}
+
+
+def _call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
 
 
 def _reasoning(item: OpenAIReasoning) -> dict[str, Any]:
@@ -78,11 +106,3 @@ def _reasoning(item: OpenAIReasoning) -> dict[str, Any]:
     if item.encrypted_content is not None:
         out["encrypted_content"] = item.encrypted_content
     return out
-
-
-def _output(result: ToolResult) -> dict[str, Any]:
-    return {
-        "type": "function_call_output",
-        "call_id": result.call_id,
-        "output": result_text(result.content, result.is_error),
-    }

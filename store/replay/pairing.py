@@ -21,6 +21,11 @@ from .repair import Repair
 Unanswered = Literal["synthesize", "drop"]
 
 
+def check_unanswered(unanswered: str) -> None:
+    if unanswered not in ("synthesize", "drop"):
+        raise ValueError(f"unanswered must be 'synthesize' or 'drop', got {unanswered!r}")
+
+
 @dataclass(slots=True, eq=False)
 class Call:
     call: ToolCall

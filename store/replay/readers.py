@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ..messages import StoredMessage
-from ..messages import ToolCall as StoredToolCall
 from .model import (
     AnthropicRedactedThinking,
     AnthropicThinking,
@@ -49,19 +48,47 @@ def from_stored_messages(messages: Iterable[StoredMessage]) -> list[Message]:
     "reasoning", "format": "openai-responses" | "deepseek" | "anthropic", ...}``) and each
     call's ``provider_data`` (``thought_signature``, ``openai_item_id``) are carried over;
     reasoning in any other format is not replayed, since no provider here takes it back."""
-    return [_stored(m) for m in messages]
-
-
-def _stored(message: StoredMessage) -> Message:
-    where = f"message at position {message.position}"
-    if message.role == "user":
-        return UserMessage(
-            tuple(_stored_user_part(p, where) for p in message.content), message.position
+    return [
+        stored_message(
+            m.position,
+            m.role,
+            m.content,
+            tuple(
+                stored_call(
+                    c.id,
+                    c.name,
+                    c.arguments,
+                    c.provider_data,
+                    getattr(c, "arguments_json", None),
+                )
+                for c in m.tool_calls
+            ),
+            m.tool_call_id,
+            m.tool_name,
+            m.is_error,
         )
-    if message.role == "assistant":
+        for m in messages
+    ]
+
+
+def stored_message(
+    position: int,
+    role: str,
+    content: Sequence[Mapping[str, Any]],
+    calls: tuple[ToolCall, ...],
+    call_id: str | None,
+    tool_name: str | None,
+    is_error: bool,
+) -> Message:
+    """The canonical message for one stored message, given its fields (its calls already
+    read with ``stored_call``)."""
+    where = f"message at position {position}"
+    if role == "user":
+        return UserMessage(tuple(_stored_user_part(p, where) for p in content), position)
+    if role == "assistant":
         parts: list[TextPart] = []
         reasoning: list[Reasoning] = []
-        for part in message.content:
+        for part in content:
             if part.get("type") == "text":
                 parts.append(TextPart(str(part.get("text", ""))))
             elif part.get("type") == "reasoning":
@@ -70,20 +97,34 @@ def _stored(message: StoredMessage) -> Message:
                     reasoning.append(item)
             else:
                 raise ReplayInputError(f"{where}: assistant part of type {part.get('type')!r}")
-        calls = tuple(_stored_call(c) for c in message.tool_calls)
-        return AssistantMessage(tuple(parts), calls, tuple(reasoning), message.position)
-    if message.role == "tool":
-        if not message.tool_call_id:
+        return AssistantMessage(tuple(parts), calls, tuple(reasoning), position)
+    if role == "tool":
+        if not call_id:
             raise ReplayInputError(f"{where}: tool message without tool_call_id")
-        content = tuple(_stored_result_part(p, where) for p in message.content)
-        return ToolResult(
-            message.tool_call_id,
-            message.tool_name or "",
-            content,
-            message.is_error,
-            message.position,
-        )
-    raise ReplayInputError(f"{where}: unknown role {message.role!r}")
+        results = tuple(_stored_result_part(p, where) for p in content)
+        return ToolResult(call_id, tool_name or "", results, is_error, position)
+    raise ReplayInputError(f"{where}: unknown role {role!r}")
+
+
+def stored_call(
+    call_id: str,
+    name: str,
+    arguments: Mapping[str, Any],
+    provider_data: Mapping[str, Any] | None,
+    arguments_json: str | None,
+) -> ToolCall:
+    """The canonical tool call for one stored call, given its fields (``arguments_json``:
+    the arguments' JSON text as stored, if known)."""
+    extra: Mapping[str, Any] = provider_data or {}
+    signature = extra.get("thought_signature", extra.get("thoughtSignature"))
+    return ToolCall(
+        call_id,
+        name,
+        arguments,
+        signature,
+        extra.get("openai_item_id"),
+        arguments_json=arguments_json,
+    )
 
 
 def _stored_user_part(part: Mapping[str, Any], where: str) -> TextPart | ImagePart:
@@ -121,19 +162,6 @@ def _stored_reasoning(part: Mapping[str, Any], where: str) -> Reasoning | None:
             return AnthropicRedactedThinking(str(part["data"]))
         raise ReplayInputError(f"{where}: anthropic reasoning with neither thinking nor data")
     return None
-
-
-def _stored_call(call: StoredToolCall) -> ToolCall:
-    extra: Mapping[str, Any] = call.provider_data or {}
-    signature = extra.get("thought_signature", extra.get("thoughtSignature"))
-    return ToolCall(
-        call.id,
-        call.name,
-        call.arguments,
-        signature,
-        extra.get("openai_item_id"),
-        arguments_json=getattr(call, "arguments_json", None),
-    )
 
 
 # --- Instatic ai_messages rows -----------------------------------------------------------

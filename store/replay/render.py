@@ -44,6 +44,11 @@ def texts(parts: Iterable[Any]) -> list[str]:
     return [p.text for p in parts if isinstance(p, TextPart) and p.text.strip()]
 
 
+def joined(texts: Iterable[str]) -> str:
+    """The non-blank ``texts``, one per line: a message's text for string-content formats."""
+    return "\n".join([t for t in texts if t.strip()])
+
+
 def part_text(part: ResultPart) -> str:
     if isinstance(part, TextPart):
         return part.text
@@ -53,9 +58,13 @@ def part_text(part: ResultPart) -> str:
 
 
 def result_text(content: tuple[ResultPart, ...], is_error: bool) -> str:
-    """A tool result as one string, for formats whose results are strings. An error is
-    marked as such, since those formats have no error flag."""
-    text = "\n".join(part_text(p) for p in content)
+    """A tool result as one string, for formats whose results are strings."""
+    return marked_error("\n".join(part_text(p) for p in content), is_error)
+
+
+def marked_error(text: str, is_error: bool) -> str:
+    """A result's text, marked as an error when it is one, for formats whose results are
+    strings and so have no error flag."""
     if is_error and not text.lower().startswith(("error", "interrupted")):
         return f"Error: {text}" if text else "Error"
     return text

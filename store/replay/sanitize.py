@@ -29,6 +29,7 @@ from .pairing import (
     Step,
     Unanswered,
     Unit,
+    check_unanswered,
     close_unanswered,
     final_call,
     final_result,
@@ -54,8 +55,7 @@ def sanitize(
     (``"synthesize"``, the default: the tool may have run) or drop it (``"drop"``), together
     with its reasoning once the message has no calls left.
     """
-    if unanswered not in ("synthesize", "drop"):
-        raise ValueError(f"unanswered must be 'synthesize' or 'drop', got {unanswered!r}")
+    check_unanswered(unanswered)
     repairs: list[Repair] = []
     systems, rest = _hoist_systems(messages, repairs)
     units = segment(rest, repairs)
