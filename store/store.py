@@ -216,7 +216,7 @@ class Store:
         made every ``_LOCAL_RECHECK_S``, in case it was taken over elsewhere); one in another
         process is seen within a poll (0.5 s at most)."""
         delay = 0.05
-        recheck_at = 0.0
+        recheck_at = anyio.current_time() + _LOCAL_RECHECK_S
         while True:
             outcome = self.wakeups.outcome(turn_id)
             if outcome is not None:

@@ -1,0 +1,76 @@
+"""SQLite's writer: transactions run to their end in the writer thread, and a step costs
+the same whatever the length of the conversation (the pairing checks' child keys are
+indexed: sqlite/0004_child_key_indexes.sql)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Generator
+from pathlib import Path
+
+import pytest
+
+from store import Store
+from store.backends.base import Tx
+from store.backends.sqlite import SqliteBackend
+
+from .conftest import Target
+from .helpers import step
+
+
+@pytest.fixture
+async def lite(tmp_path: Path) -> AsyncIterator[Store]:
+    target = Target("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}", None)
+    store = await target.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+class _Suspend:
+    """An awaitable that suspends, as any real I/O would."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+async def test_a_transaction_that_awaits_something_else_is_refused(lite: Store) -> None:
+    async def suspends(tx: Tx) -> None:
+        await tx.run("ensure_conversation", conversation_id="c")
+        await _Suspend()
+
+    with pytest.raises(RuntimeError, match="awaited something other than its Tx"):
+        await lite.backend.transaction("c", suspends)
+    turn = await lite.begin_turn("c", "still works")  # rolled back; the writer is usable
+    await turn.finish()
+    assert [m.text for m in await lite.history("c")] == ["still works"]
+
+
+async def test_a_step_costs_the_same_at_10_and_at_2000_messages(lite: Store) -> None:
+    backend = lite.backend
+    assert isinstance(backend, SqliteBackend)
+    instructions = 0
+
+    def count() -> int:
+        nonlocal instructions
+        instructions += 1
+        return 0
+
+    async def cost_of_a_step(turn_index: int) -> int:
+        nonlocal instructions
+        turn = await lite.begin_turn("c", f"prompt {turn_index}")
+        backend._writer().set_progress_handler(count, 1)  # every VM instruction
+        instructions = 0
+        await turn.commit_step(*step(f"t{turn_index}", calls=3))
+        measured = instructions
+        backend._writer().set_progress_handler(None, 1)
+        await turn.finish()
+        return measured
+
+    early = await cost_of_a_step(0)
+    for n in range(1, 400):  # 5 messages a turn: about 2,000 messages
+        turn = await lite.begin_turn("c", f"prompt {n}")
+        await turn.commit_step(*step(f"t{n}", calls=3))
+        await turn.finish()
+    late = await cost_of_a_step(400)
+    assert late < early * 1.5, (early, late)  # without the indexes: about 100x
