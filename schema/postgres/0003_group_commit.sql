@@ -22,16 +22,20 @@
 -- starts (pending_content). Its submitter learns it at once if it is in the process that
 -- ended the turn, else at its next poll.
 
+DROP FUNCTION turnstore_claim(bigint, text, text, text, text, text, text, double precision,
+                              double precision, boolean, boolean, boolean);
+
 ALTER TABLE turnstore_turns ADD COLUMN pending_content jsonb
     CHECK (pending_content IS NULL OR jsonb_typeof(pending_content) = 'array');
 COMMENT ON COLUMN turnstore_turns.pending_content IS
     'The user message of a queued turn, written to history when the turn starts.';
 
--- turnstore_claim of version 2, changed in three ways: a queued turn keeps its user
+-- turnstore_claim of version 2, changed in four ways: it answers one row (OUT
+-- parameters, cheaper to call than a set-returning function); a queued turn keeps its user
 -- message (pending_content); a poll (not p_first) by a turn that was handed the
 -- conversation answers 'claimed'; and the common case runs fewer statements (the live
 -- turns are read once, the conversation row is created when its first turn starts).
-CREATE OR REPLACE FUNCTION turnstore_claim(
+CREATE FUNCTION turnstore_claim(
     p_lock_key        bigint,
     p_conversation_id text,
     p_turn_id         text,
@@ -43,9 +47,13 @@ CREATE OR REPLACE FUNCTION turnstore_claim(
     p_window_seconds  double precision,
     p_fail_when_busy  boolean,
     p_first           boolean,
-    p_retry           boolean
-) RETURNS TABLE (decision text, turn_id text, status text, epoch bigint, next_position bigint)
-LANGUAGE plpgsql AS $$
+    p_retry           boolean,
+    OUT decision      text,
+    OUT turn_id       text,
+    OUT status        text,
+    OUT epoch         bigint,
+    OUT next_position bigint
+) LANGUAGE plpgsql AS $$
 DECLARE
     v_lease    interval := make_interval(secs => p_lease_seconds);
     v_turn     text := p_turn_id;
@@ -63,12 +71,20 @@ BEGIN
         SELECT t.status, t.epoch INTO v_row FROM turnstore_turns t
          WHERE t.id = p_turn_id AND t.conversation_id = p_conversation_id;
         IF FOUND AND v_row.status = 'running' THEN
-            RETURN QUERY SELECT 'claimed', p_turn_id, 'running', v_row.epoch,
-                (SELECT coalesce(max(m.position), -1) + 1 FROM turnstore_messages m
-                  WHERE m.conversation_id = p_conversation_id);
+            decision := 'claimed';
+            turn_id := p_turn_id;
+            status := 'running';
+            epoch := v_row.epoch;
+            next_position := (SELECT coalesce(max(m.position), -1) + 1
+                                FROM turnstore_messages m
+                               WHERE m.conversation_id = p_conversation_id);
             RETURN;
         ELSIF FOUND AND v_row.status = 'queued' AND p_retry THEN
-            RETURN QUERY SELECT 'queued', p_turn_id, 'queued', 0::bigint, NULL::bigint;
+            decision := 'queued';
+            turn_id := p_turn_id;
+            status := 'queued';
+            epoch := 0;
+            next_position := NULL;
             RETURN;
         END IF;
     END IF;
@@ -79,7 +95,11 @@ BEGIN
                AND t.idempotency_key = p_idempotency_key;
             v_found := FOUND;
             IF v_found AND v_row.content_hash <> p_content_hash THEN
-                RETURN QUERY SELECT 'key_reused', v_row.id, v_row.status, 0::bigint, NULL::bigint;
+                decision := 'key_reused';
+                turn_id := v_row.id;
+                status := v_row.status;
+                epoch := 0;
+                next_position := NULL;
                 RETURN;
             END IF;
         ELSIF p_window_seconds > 0 THEN
@@ -94,7 +114,11 @@ BEGIN
         END IF;
         IF v_found THEN
             IF v_row.status <> 'refused' THEN
-                RETURN QUERY SELECT 'duplicate', v_row.id, v_row.status, 0::bigint, NULL::bigint;
+                decision := 'duplicate';
+                turn_id := v_row.id;
+                status := v_row.status;
+                epoch := 0;
+                next_position := NULL;
                 RETURN;
             END IF;
             v_turn := v_row.id;  -- it gave up waiting and wrote nothing: retry it
@@ -117,7 +141,11 @@ BEGIN
                      JOIN turnstore_staged_steps s ON s.turn_id = t.id AND s.step = t.steps + 1
                     WHERE t.conversation_id = p_conversation_id AND t.status = 'running'
                       AND t.lease_expires_at < now()) THEN
-            RETURN QUERY SELECT 'recover', v_turn, NULL::text, 0::bigint, NULL::bigint;
+            decision := 'recover';
+            turn_id := v_turn;
+            status := NULL;
+            epoch := 0;
+            next_position := NULL;
             RETURN;
         END IF;
         WITH expired AS (
@@ -138,15 +166,22 @@ BEGIN
 
     IF v_has_head AND NOT (v_row.id = v_turn AND v_row.status = 'queued') THEN
         IF p_first AND p_fail_when_busy THEN
-            RETURN QUERY SELECT 'busy', v_turn, NULL::text, 0::bigint, NULL::bigint;
+            decision := 'busy';
+            turn_id := v_turn;
+            status := NULL;
+            epoch := 0;
+            next_position := NULL;
             RETURN;
         END IF;
         IF NOT p_first THEN
             UPDATE turnstore_turns t SET lease_expires_at = now() + v_lease
              WHERE t.id = v_turn AND t.conversation_id = p_conversation_id
                AND t.status = 'queued';
-            RETURN QUERY SELECT CASE WHEN FOUND THEN 'queued' ELSE 'busy' END, v_turn,
-                                'queued', 0::bigint, NULL::bigint;
+            decision := CASE WHEN FOUND THEN 'queued' ELSE 'busy' END;
+            turn_id := v_turn;
+            status := 'queued';
+            epoch := 0;
+            next_position := NULL;
             RETURN;
         END IF;
         IF v_requeue THEN
@@ -163,7 +198,11 @@ BEGIN
             VALUES (v_turn, p_conversation_id, p_idempotency_key, p_content_hash, 'queued', 0,
                     p_owner, now() + v_lease, clock_timestamp(), p_content::jsonb);
         END IF;
-        RETURN QUERY SELECT 'queued', v_turn, 'queued', 0::bigint, NULL::bigint;
+        decision := 'queued';
+        turn_id := v_turn;
+        status := 'queued';
+        epoch := 0;
+        next_position := NULL;
         RETURN;
     END IF;
 
@@ -192,7 +231,11 @@ BEGIN
     INSERT INTO turnstore_messages (conversation_id, position, role, turn_id, step,
                                     step_position, tool_call_count, content)
     VALUES (p_conversation_id, v_pos, 'user', v_turn, 0, v_pos, 0, p_content::jsonb);
-    RETURN QUERY SELECT 'claimed', v_turn, 'running', v_epoch, v_pos + 1;
+    decision := 'claimed';
+    turn_id := v_turn;
+    status := 'running';
+    epoch := v_epoch;
+    next_position := v_pos + 1;
 END $$;
 
 -- Superseded by turnstore_apply, which writes steps and ends (and hands over).
@@ -309,10 +352,9 @@ BEGIN
                    AND t.lease_expires_at >= now() AND t.pending_content IS NOT NULL
                  ORDER BY t.created_at, t.id LIMIT 1;
                 IF FOUND THEN
-                    SELECT * INTO v_claim
-                      FROM turnstore_claim(w.lock_key, w.conversation_id, v_next.id, NULL,
-                                           NULL, v_next.content, v_next.lease_owner,
-                                           w.lease_seconds, 0, false, false, false);
+                    v_claim := turnstore_claim(w.lock_key, w.conversation_id, v_next.id,
+                        NULL, NULL, v_next.content, v_next.lease_owner, w.lease_seconds, 0,
+                        false, false, false);
                     IF v_claim.decision = 'claimed' THEN
                         turn_id := v_claim.turn_id;
                         status := v_claim.status;
@@ -337,10 +379,9 @@ BEGIN
     -- Claims, in the order they were sent.
     FOR w IN SELECT u.* FROM unnest(p_writes) WITH ORDINALITY AS u
               WHERE u.kind = 'claim' ORDER BY u.ordinality LOOP
-        SELECT * INTO v_claim
-          FROM turnstore_claim(w.lock_key, w.conversation_id, w.turn_id, w.idempotency_key,
-                               w.content_hash, w.content, w.owner, w.lease_seconds,
-                               w.window_seconds, w.fail_when_busy, w.first, w.retry);
+        v_claim := turnstore_claim(w.lock_key, w.conversation_id, w.turn_id,
+            w.idempotency_key, w.content_hash, w.content, w.owner, w.lease_seconds,
+            w.window_seconds, w.fail_when_busy, w.first, w.retry);
         ord := w.ordinality;
         outcome := v_claim.decision;
         turn_id := v_claim.turn_id;
