@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 from sqlalchemy import inspect
 
 from store import SchemaError, Store, sql
 from store.store import make_backend
 
-from .conftest import Target
+from .conftest import Target, asyncpg_dsn
 
 # SQLite's child-key indexes for its foreign-key checks (sqlite/0004_child_key_indexes.sql);
 # PostgreSQL never looks foreign keys up from the child side on insert.
@@ -130,3 +131,26 @@ async def test_opening_without_migrating_an_empty_database_says_what_to_do(
 ) -> None:
     with pytest.raises(SchemaError, match="migrate"):
         await Store.open(target.url, schema=target.schema, migrate=False)
+
+
+async def test_large_messages_are_compressed_with_lz4_where_the_server_has_it(
+    pg_target: Target,
+) -> None:
+    store = await pg_target.open()
+    await store.close()
+    conn = await asyncpg.connect(asyncpg_dsn(pg_target.url))
+    try:
+        methods = await conn.fetchval(
+            "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"
+        )
+        rows = await conn.fetch(
+            "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = $1::regclass"
+            " AND attname IN ('content', 'tool_arguments', 'tool_call_data')",
+            f"{pg_target.schema}.turnstore_messages",
+        )
+    finally:
+        await conn.close()
+    expected = b"l" if "lz4" in methods else b"\x00"  # else: the server's default, pglz
+    assert {r["attname"]: r["attcompression"] for r in rows} == {
+        "content": expected, "tool_arguments": expected, "tool_call_data": expected,
+    }  # fmt: skip

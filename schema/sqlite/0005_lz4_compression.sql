@@ -1,0 +1,5 @@
+-- turnstore schema, version 5, SQLite: nothing to do.
+--
+-- On PostgreSQL this version compresses large messages with LZ4 instead of pglz. SQLite
+-- does not compress values. The version exists here so that both dialects keep the same
+-- migration history.
