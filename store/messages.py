@@ -135,11 +135,15 @@ def _check_json_value(value: Any, where: str) -> None:
             )
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def encode_json(value: Any, where: str, limits: Limits) -> str:
     """Check ``value`` and serialise it; refuse it if it is larger than the limit."""
     _check_json_value(value, where)
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    if len(text.encode()) > limits.max_message_bytes:
+    text = _encode(value)
+    # UTF-8 takes at most 4 bytes a character: count the bytes only when it could matter
+    if len(text) * 4 > limits.max_message_bytes and len(text.encode()) > limits.max_message_bytes:
         raise InvalidMessage(
             f"{where}: {len(text.encode())} bytes is over the limit of "
             f"{limits.max_message_bytes} (Limits.max_message_bytes)"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from .backends.base import StepWrite, TurnEnd, Tx, refusal
 from .errors import (
@@ -227,7 +228,7 @@ class Turn:
 
     async def _commit(self, encoded: EncodedStep) -> int:
         store = self._store
-        async with self._write_lock:
+        async with _held(self._write_lock):
             self._check_writable()
             write = self._write_for(encoded)
             with anyio.CancelScope(shield=True):
@@ -262,7 +263,7 @@ class Turn:
 
     async def _end(self, status: EndStatus, error: str | None, final: EncodedStep | None) -> None:
         store = self._store
-        async with self._write_lock:
+        async with _held(self._write_lock):
             self._check_writable()
             write = self._write_for(final) if final is not None else None
             end = TurnEnd(
@@ -307,6 +308,22 @@ class Turn:
             )
         self.status = status
         raise TurnFinished(f"turn {self.id} has ended ({status}); begin a new turn")
+
+
+@contextlib.asynccontextmanager
+async def _held(lock: anyio.Lock) -> AsyncIterator[None]:
+    """``async with lock``, without a trip through the event loop when the lock is free
+    (the usual case: one writer per turn). A caller already cancelled stops here, before
+    any write starts, as it would at ``async with lock``."""
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    try:
+        lock.acquire_nowait()
+    except anyio.WouldBlock:
+        await lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -389,7 +406,7 @@ class StepBuffer:
                 ],
             }
         )
-        async with turn._write_lock:
+        async with _held(turn._write_lock):
             turn._check_writable()
             await turn._renew(payload)
 
