@@ -213,7 +213,6 @@ async def _decide_in(
         if state is not None and state.status == "running":
             return await _started(tx, turn_id, cid, state.epoch)
     if first:
-        await tx.run("ensure_conversation", conversation_id=cid)
         earlier = await _earlier_submit(store, tx, submit)
         if earlier is not None:
             if earlier.status != "refused":
@@ -221,8 +220,10 @@ async def _decide_in(
             # The earlier submit gave up waiting and wrote nothing: this one retries it.
             turn_id, requeue = earlier.id, True
 
-    await recover_expired(store, tx, cid)
     head = await tx.one("queue_head", conversation_id=cid)
+    if head is not None and head.stale:
+        await recover_expired(store, tx, cid)
+        head = await tx.one("queue_head", conversation_id=cid)
     free = head is None or (head.id == turn_id and head.status == "queued")
     if not free:
         if on_busy == "fail" and first:
@@ -246,6 +247,8 @@ async def _decide_in(
         return Queued(turn_id) if touched else Busy()
 
     epoch = await tx.scalar("bump_epoch", conversation_id=cid)
+    if epoch is None:  # the conversation's first turn
+        epoch = await tx.scalar("first_epoch", conversation_id=cid)
     if first and not requeue:
         await _insert_turn(tx, store, submit, turn_id, "running", epoch)
     else:  # a waiting turn, or one that gave up waiting (refused) and is submitted again

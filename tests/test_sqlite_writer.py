@@ -36,7 +36,7 @@ class _Suspend:
 
 async def test_a_transaction_that_awaits_something_else_is_refused(lite: Store) -> None:
     async def suspends(tx: Tx) -> None:
-        await tx.run("ensure_conversation", conversation_id="c")
+        await tx.scalar("first_epoch", conversation_id="c")
         await _Suspend()
 
     with pytest.raises(RuntimeError, match="awaited something other than its Tx"):

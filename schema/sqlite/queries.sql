@@ -3,9 +3,6 @@
 -- write lock, so they see and change one conversation at a time.
 -- Times are unix seconds: (julianday('now') - 2440587.5) * 86400.0.
 
--- name: ensure_conversation
-INSERT INTO turnstore_conversations (id) VALUES (:conversation_id) ON CONFLICT (id) DO NOTHING;
-
 -- name: turn_by_key
 SELECT id, status, epoch, content_hash FROM turnstore_turns
  WHERE conversation_id = :conversation_id AND idempotency_key = :idempotency_key;
@@ -29,13 +26,23 @@ UPDATE turnstore_turns
 RETURNING id, status, epoch, steps;
 
 -- name: queue_head
-SELECT id, status FROM turnstore_turns
- WHERE conversation_id = :conversation_id AND status IN ('queued', 'running')
- ORDER BY status = 'running' DESC, created_at, id LIMIT 1;
+-- The head of the line (the running turn, else the oldest waiting one), and whether any
+-- live turn's lease has expired (then it is taken over first).
+SELECT t.id, t.status,
+       (SELECT max(x.lease_expires_at < ((julianday('now') - 2440587.5) * 86400.0)) FROM turnstore_turns x
+         WHERE x.conversation_id = :conversation_id
+           AND x.status IN ('queued', 'running')) AS stale
+  FROM turnstore_turns t
+ WHERE t.conversation_id = :conversation_id AND t.status IN ('queued', 'running')
+ ORDER BY t.status = 'running' DESC, t.created_at, t.id LIMIT 1;
 
 -- name: bump_epoch
 UPDATE turnstore_conversations SET epoch = epoch + 1 WHERE id = :conversation_id
 RETURNING epoch;
+
+-- name: first_epoch
+-- A conversation's first turn creates it.
+INSERT INTO turnstore_conversations (id, epoch) VALUES (:conversation_id, 1) RETURNING epoch;
 
 -- name: insert_turn
 INSERT INTO turnstore_turns
