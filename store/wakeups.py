@@ -32,8 +32,22 @@ class Waiter:
         self.handed: ClaimRow | None = None
 
 
+class Flight:
+    """A submit with an idempotency key being decided in this process. ``turn_id`` (and
+    its ``status``) is set when it was decided, None if it failed."""
+
+    __slots__ = ("content_hash", "decided", "status", "turn_id")
+
+    def __init__(self, content_hash: str) -> None:
+        self.content_hash = content_hash
+        self.decided = anyio.Event()
+        self.turn_id: str | None = None
+        self.status = "running"
+
+
 class LocalWakeups:
     def __init__(self) -> None:
+        self._flights: dict[tuple[str, str], Flight] = {}
         self._queues: dict[str, deque[Waiter]] = {}
         self._ended: dict[str, anyio.Event] = {}
         # turns running here, by turn id and by conversation (a Turn that is dropped
@@ -42,6 +56,28 @@ class LocalWakeups:
         self._holders: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._waiting: dict[str, Waiter] = {}
         self._outcomes: OrderedDict[str, Any] = OrderedDict()
+
+    # --- submits being decided ----------------------------------------------------------
+
+    def submit_in_flight(self, conversation_id: str, key: str) -> Flight | None:
+        return self._flights.get((conversation_id, key))
+
+    @contextmanager
+    def submitting(
+        self, conversation_id: str, key: str | None, content_hash: str
+    ) -> Iterator[Flight]:
+        """Mark a submit with ``key`` as being decided here, until the block ends; a submit
+        of the same key meanwhile waits for its decision instead of asking the database."""
+        flight = Flight(content_hash)
+        slot = (conversation_id, key) if key is not None else None
+        if slot is not None and slot not in self._flights:
+            self._flights[slot] = flight
+        try:
+            yield flight
+        finally:
+            if slot is not None and self._flights.get(slot) is flight:
+                del self._flights[slot]
+            flight.decided.set()
 
     # --- submits waiting for a conversation -----------------------------------------------
 
