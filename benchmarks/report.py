@@ -27,12 +27,14 @@ SHORT = {
 
 
 def report_json(report: BenchReport) -> dict[str, Any]:
-    """``{"params", "machine", "systems"}``, plus ``"sweep"`` ({W: systems}) with --sweep."""
+    """``{"params", "machine", "systems"}``, plus ``"cpu_us_per_step"`` ({system: {"process",
+    "database"}}) and ``"sweep"`` ({W: systems}) with --sweep."""
     out: dict[str, Any] = {
         "params": report.params_json(),
         "machine": report.machine,
         "systems": {name: r.json_entry() for name, r in report.main.items()},
     }
+    out["cpu_us_per_step"] = {name: r.cpu_us_per_step for name, r in report.main.items()}
     if report.config.sweep:
         out["sweep"] = {
             str(w): {name: r.json_entry() for name, r in group.items()}
@@ -84,6 +86,7 @@ def details_table(results: dict[str, SystemResult]) -> Table:
     t = Table(title="details", title_justify="left")
     for col in ("system", "steps", "turns", "double submits", "dup refused", "interrupts"):
         t.add_column(col, justify="left" if col == "system" else "right")
+    t.add_column("CPU µs/step\nprocess + db", justify="right")
     t.add_column("errors / notes")
     for name, r in results.items():
         c = r.counts
@@ -98,9 +101,18 @@ def details_table(results: dict[str, SystemResult]) -> Table:
             str(c.get("double submits", 0)),
             str(c.get("duplicates refused", 0)),
             interrupts or "0",
+            _cpu_text(r.cpu_us_per_step),
             "\n".join(notes) or "-",
         )
     return t
+
+
+def _cpu_text(cpu: dict[str, float]) -> str:
+    if "process" not in cpu:
+        return "n/a"
+    if "database" not in cpu:
+        return f"{cpu['process']:.0f}"
+    return f"{cpu['process']:.0f} + {cpu['database']:.0f}"
 
 
 def print_report(report: BenchReport, console: Console) -> None:

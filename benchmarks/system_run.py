@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 
+from . import cpu
 from .adapters import AdapterFactory
 from .adapters.base import AdapterOptions
 from .checker import check
@@ -41,6 +42,9 @@ class SystemResult:
     errors: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: CPU time per committed step, microseconds: "process" (the system's client side, all
+    #: threads) and "database" (its PostgreSQL backends), absent where unknown
+    cpu_us_per_step: dict[str, float] = field(default_factory=dict)
 
     def json_entry(self) -> dict[str, Any]:
         """This system's entry in the ``--json`` report (exactly these keys)."""
@@ -103,7 +107,10 @@ async def run_system(
             adapter, params, conversation_ids(params), PayloadPool(params.seed), on_tick=tick
         )
         reset = reset_peak_rss()
+        dsn = target.asyncpg_dsn if target.backend == "postgres" else None
+        cpu_before = await cpu.sample(dsn)
         stats = await driver.run()
+        cpu_use = cpu.used(cpu_before, await cpu.sample(dsn))
         result.peak_rss_mb = peak_rss_mb()
         result.rss_method = f"peak RSS of {process} during the timed run" + (
             " (reset after setup and preload)" if reset else " (since the process started)"
@@ -135,6 +142,11 @@ async def run_system(
             "busy refused": stats.busy_refused,
         }
     )
+    if cpu_use is not None and stats.steps_committed:
+        result.cpu_us_per_step["process"] = round(cpu_use.process / stats.steps_committed * 1e6)
+        if cpu_use.database is not None:
+            per_step = cpu_use.database / stats.steps_committed * 1e6
+            result.cpu_us_per_step["database"] = round(per_step)
     result.interrupts = dict(stats.interrupts)
     result.errors = dict(stats.errors)
     result.counters = dict(adapter.counters)

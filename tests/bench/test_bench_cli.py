@@ -35,8 +35,10 @@ def test_postgres_run_in_child_processes_writes_json_and_chart(
                "--json", str(out), "--chart", str(chart)])  # fmt: skip
     assert rc == 0
     data = json.loads(out.read_text())
-    assert set(data) == {"params", "machine", "systems"}
+    assert set(data) == {"params", "machine", "systems", "cpu_us_per_step"}
     assert list(data["systems"]) == ["raw", "naive"]
+    for cpu in data["cpu_us_per_step"].values():  # client and server CPU time, both > 0
+        assert set(cpu) == {"process", "database"} and min(cpu.values()) > 0
     for entry in data["systems"].values():
         assert set(entry) == ENTRY_KEYS
         assert set(entry["violations"]) == set(KINDS)
