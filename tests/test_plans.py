@@ -1,6 +1,7 @@
 """PostgreSQL's plans for every statement a write runs stay bounded to one conversation
-(or one turn) on a fresh schema that was never analyzed, with the generic plans that a
-connection caches and keeps (the foreign-key checks' plans for its whole life).
+(or one turn), with the generic plans that a connection caches and keeps (the foreign-key
+checks' plans for its whole life), on a schema never analyzed and on one analyzed while
+small (where the planner would rather scan whole tables: see ``server_settings``).
 
 Version 1 of the schema let the planner serve the deferred pairing checks and the
 next-position read with the (conversation_id, tool_call_id) index, filtering on position:
@@ -16,12 +17,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import pytest
 
 from store import sql
 from store.backends.base import ClaimRequest, StepWrite, TurnEnd
-from store.backends.postgres import as_record
+from store.backends.postgres import as_record, server_settings
 
 from .conftest import Target, asyncpg_dsn
+from .helpers import step
 
 APPLY = "SELECT * FROM turnstore_apply($1::turnstore_write[])"
 # The checker reads whole tables on purpose.
@@ -56,6 +59,13 @@ def unbounded(plan: dict[str, Any]) -> list[str]:
         if kind == "Seq Scan" or (kind in INDEX_SCANS and (not bounded or walks_keys)):
             bad.append(label)
     return bad
+
+
+async def _connect(target: Target) -> asyncpg.Connection:
+    """A connection with the session settings of the store's own connections."""
+    return await asyncpg.connect(
+        asyncpg_dsn(target.url), server_settings=server_settings(target.schema)
+    )
 
 
 def _numbered(text: str) -> tuple[str, list[str]]:
@@ -100,17 +110,25 @@ def _end(turn_id: str, epoch: int, final: StepWrite | None) -> TurnEnd:
     )  # fmt: skip
 
 
-async def test_writes_plan_bounded_lookups_before_any_analyze(pg_target: Target) -> None:
-    store = await pg_target.open()  # a fresh schema, never analyzed
+@pytest.mark.parametrize("statistics", ["never analyzed", "analyzed when small"])
+async def test_writes_plan_bounded_lookups_whatever_the_statistics(
+    pg_target: Target, statistics: str
+) -> None:
+    store = await pg_target.open()  # a fresh schema
+    if statistics == "analyzed when small":  # as autovacuum does after 50 rows
+        for n in range(12):
+            turn = await store.begin_turn(f"small{n % 3}", f"prompt {n}")
+            await turn.commit_step(*step(f"small{n}"))
+            await turn.finish()
     await store.close()
-    conn = await asyncpg.connect(
-        asyncpg_dsn(pg_target.url), server_settings={"search_path": str(pg_target.schema)}
-    )
+    conn = await _connect(pg_target)
     plans: list[dict[str, Any]] = []
     conn.add_log_listener(
         lambda _c, message: plans.append(json.loads(message.message.split("plan:", 1)[1])["Plan"])
     )
     try:
+        if statistics == "analyzed when small":
+            await conn.execute("ANALYZE")
         await conn.execute(
             "LOAD 'auto_explain';"
             " SET auto_explain.log_min_duration = 0;"
@@ -146,9 +164,7 @@ async def test_writes_plan_bounded_lookups_before_any_analyze(pg_target: Target)
 async def test_named_queries_plan_bounded_lookups_before_any_analyze(pg_target: Target) -> None:
     store = await pg_target.open()
     await store.close()
-    conn = await asyncpg.connect(
-        asyncpg_dsn(pg_target.url), server_settings={"search_path": str(pg_target.schema)}
-    )
+    conn = await _connect(pg_target)
     try:
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         problems: dict[str, list[str]] = {}

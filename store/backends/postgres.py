@@ -51,8 +51,19 @@ CREATE TABLE IF NOT EXISTS turnstore_migrations (
 
 
 def server_settings(schema: str | None) -> dict[str, str]:
-    # pg_stat_activity shows which store (and which schema) a connection belongs to.
-    settings = {"application_name": f"turnstore:{schema}" if schema else "turnstore"}
+    """The session settings of every connection turnstore opens.
+
+    ``enable_seqscan = off``: every statement turnstore runs, the foreign-key checks at
+    COMMIT included, is a lookup by key (one conversation, one turn) that an index serves.
+    While a table is small, or was analyzed when it was, the planner prefers a sequential
+    scan, and a connection keeps that generic plan while the table grows: a scan of the
+    whole table per lookup. Off, scans are costed out wherever an index applies
+    (tests/test_plans.py). ``application_name`` shows in pg_stat_activity which store (and
+    schema) a connection belongs to."""
+    settings = {
+        "application_name": f"turnstore:{schema}" if schema else "turnstore",
+        "enable_seqscan": "off",
+    }
     if schema is not None:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
