@@ -106,27 +106,18 @@ async def begin_turn(
     timeout = store.config.busy_timeout if timeout is None else timeout
     started = anyio.current_time()
 
+    decision: Decision | None = None
     if idempotency_key is not None:
         # A submit of the same key and message by this process is being decided right now
         # (a double click): it will be the turn, this one its duplicate. Without a write.
         earlier = store.wakeups.submit_in_flight(conversation_id, idempotency_key)
         if earlier is not None and earlier.content_hash == submit.content_hash:
             await earlier.decided.wait()
-            if earlier.turn_id is not None:
-                return Turn(
-                    store,
-                    turn_id=earlier.turn_id,
-                    conversation_id=conversation_id,
-                    duplicate=True,
-                    status=earlier.status,
-                )
-    with store.wakeups.submitting(conversation_id, idempotency_key, submit.content_hash) as flight:
-        decision = await _decide(store, submit, f"turn_{uuid.uuid4().hex}", on_busy, first=True)
-        if isinstance(decision, Duplicate):
-            flight.turn_id, flight.status = decision.turn_id, decision.status
-        elif isinstance(decision, Claimed | Queued):
-            flight.turn_id = decision.turn_id
-            flight.status = "queued" if isinstance(decision, Queued) else "running"
+            decision = earlier.duplicate
+    if decision is None:
+        with store.wakeups.submitting(conversation_id, idempotency_key, submit.content_hash) as f:
+            decision = await _decide(store, submit, f"turn_{uuid.uuid4().hex}", on_busy, first=True)
+            f.duplicate = _as_duplicate(decision)
     if isinstance(decision, Queued):
         decision = await _wait_in_queue(store, submit, decision.turn_id, started + timeout)
     if isinstance(decision, Busy):
@@ -183,6 +174,15 @@ async def _decide(
 
     with anyio.CancelScope(shield=True):
         return await store.backend.retrying(attempt)
+
+
+def _as_duplicate(decision: Decision) -> Duplicate | None:
+    """What a second submit of the same key and message gets, given the first's decision."""
+    if isinstance(decision, Claimed):
+        return Duplicate(decision.turn_id, "running")
+    if isinstance(decision, Queued):
+        return Duplicate(decision.turn_id, "queued")
+    return decision if isinstance(decision, Duplicate) else None
 
 
 def _from_row(row: ClaimRow, submit: Submit) -> Decision:

@@ -33,16 +33,16 @@ class Waiter:
 
 
 class Flight:
-    """A submit with an idempotency key being decided in this process. ``turn_id`` (and
-    its ``status``) is set when it was decided, None if it failed."""
+    """A submit with an idempotency key being decided in this process. When ``decided``,
+    ``duplicate`` is what a second submit of the same key gets (a ``claim.Duplicate``), or
+    None if the first one failed: the second then asks the database itself."""
 
-    __slots__ = ("content_hash", "decided", "status", "turn_id")
+    __slots__ = ("content_hash", "decided", "duplicate")
 
     def __init__(self, content_hash: str) -> None:
         self.content_hash = content_hash
         self.decided = anyio.Event()
-        self.turn_id: str | None = None
-        self.status = "running"
+        self.duplicate: Any = None
 
 
 class LocalWakeups:

@@ -3,7 +3,7 @@
 -- A process sends the writes its turns make at the same moment — claims, step commits and
 -- turn ends, on any conversations — as ONE call: one round trip, one transaction, one WAL
 -- flush, and (for steps and ends) one statement for all of them, instead of one each.
--- Every write is decided as if it ran alone, by the rules of versions 1 and 2: its
+-- Every write is decided as if it ran alone, by the rules of version 1: its
 -- conversation's advisory lock is held, its fencing token is checked, and its rows meet
 -- the same constraints, the deferred pairing checks included. Only the transaction is
 -- shared. If any write raises, the whole batch rolls back; the library then applies its
@@ -30,11 +30,13 @@ ALTER TABLE turnstore_turns ADD COLUMN pending_content jsonb
 COMMENT ON COLUMN turnstore_turns.pending_content IS
     'The user message of a queued turn, written to history when the turn starts.';
 
--- turnstore_claim of version 2, changed in four ways: it answers one row (OUT
--- parameters, cheaper to call than a set-returning function); a queued turn keeps its user
--- message (pending_content); a poll (not p_first) by a turn that was handed the
--- conversation answers 'claimed'; and the common case runs fewer statements (the live
--- turns are read once, the conversation row is created when its first turn starts).
+-- turnstore_claim of version 1, changed in five ways:
+--   * every lookup of a turn names its conversation (see 0002_stable_plans.sql);
+--   * it answers one row (OUT parameters: cheaper to call than a set-returning function);
+--   * a queued turn keeps its user message (pending_content);
+--   * a poll (not p_first) by a turn that was handed the conversation answers 'claimed';
+--   * the common case runs fewer statements: the live turns are read once, and the
+--     conversation row is created when its first turn starts.
 CREATE FUNCTION turnstore_claim(
     p_lock_key        bigint,
     p_conversation_id text,
