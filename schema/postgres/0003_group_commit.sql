@@ -293,55 +293,76 @@ RETURNS TABLE (ord bigint, outcome text, turn_id text, status text, epoch bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_fenced bigint[] := '{}';  -- steps (and ends' last steps) that passed their fence
-    w        record;
+    w        turnstore_write;
+    i        bigint;
     v_claim  record;
     v_next   record;
 BEGIN
-    PERFORM pg_advisory_xact_lock(k.lock_key)
-       FROM (SELECT DISTINCT u.lock_key FROM unnest(p_writes) AS u ORDER BY 1) AS k;
+    -- The loops below walk the array itself (FOREACH): a lone write, the common case when
+    -- the database is idle, runs no statement but its own.
+    i := 0;
+    FOREACH w IN ARRAY p_writes LOOP
+        IF w.kind IS NULL OR w.kind NOT IN ('claim', 'step', 'end') THEN
+            RAISE EXCEPTION 'turnstore_apply: unknown write kind %', w.kind
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    IF cardinality(p_writes) = 1 THEN
+        PERFORM pg_advisory_xact_lock(p_writes[1].lock_key);
+    ELSE
+        PERFORM pg_advisory_xact_lock(k.lock_key)
+           FROM (SELECT DISTINCT u.lock_key FROM unnest(p_writes) AS u ORDER BY 1) AS k;
+    END IF;
 
     -- Steps, and the last steps of ends: check each turn's fencing token and extend its
     -- lease, then insert the rows of every step that passed.
-    FOR w IN SELECT u.* FROM unnest(p_writes) WITH ORDINALITY AS u
-              WHERE u.kind IN ('step', 'end') AND u.content IS NOT NULL LOOP
+    FOREACH w IN ARRAY p_writes LOOP
+        i := i + 1;
+        CONTINUE WHEN w.kind = 'claim' OR w.content IS NULL;
         UPDATE turnstore_turns t
            SET steps = w.step,
                lease_expires_at = now() + make_interval(secs => w.lease_seconds)
          WHERE t.id = w.turn_id AND t.conversation_id = w.conversation_id
            AND t.epoch = w.epoch AND t.status = 'running' AND t.steps = w.step - 1;
         IF FOUND THEN
-            v_fenced := v_fenced || w.ordinality;
+            v_fenced := v_fenced || i;
         END IF;
     END LOOP;
-    INSERT INTO turnstore_messages
-        (conversation_id, position, role, turn_id, step, step_position, tool_call_count,
-         content, tool_call_id, tool_name, tool_arguments, tool_call_data, is_error)
-    SELECT s.conversation_id, s."position" + r.offs, r.role, s.turn_id, s.step,
-           s."position", coalesce(cardinality(s.call_ids), 0), r.content::jsonb,
-           r.call_id, r.tool_name, r.arguments::jsonb, r.call_data::jsonb,
-           coalesce(r.is_error, false)
-      FROM unnest(p_writes) WITH ORDINALITY AS s
-     CROSS JOIN LATERAL (
-            SELECT 0::bigint AS offs, 'assistant' AS role, s.content AS content,
-                   NULL::text AS call_id, NULL::text AS tool_name, NULL::text AS arguments,
-                   NULL::text AS call_data, NULL::boolean AS is_error
-            UNION ALL
-            SELECT c.ord, 'tool', c.result, c.call_id, c.tool_name, c.arguments,
-                   c.call_data, c.is_error
-              FROM unnest(s.call_ids, s.tool_names, s.arguments, s.call_data, s.results,
-                          s.is_error)
-                   WITH ORDINALITY AS c(call_id, tool_name, arguments, call_data, result,
-                                        is_error, ord)
-           ) AS r
-     WHERE s.ordinality = ANY (v_fenced);
+    IF cardinality(v_fenced) > 0 THEN
+        INSERT INTO turnstore_messages
+            (conversation_id, position, role, turn_id, step, step_position,
+             tool_call_count, content, tool_call_id, tool_name, tool_arguments,
+             tool_call_data, is_error)
+        SELECT s.conversation_id, s."position" + r.offs, r.role, s.turn_id, s.step,
+               s."position", coalesce(cardinality(s.call_ids), 0), r.content::jsonb,
+               r.call_id, r.tool_name, r.arguments::jsonb, r.call_data::jsonb,
+               coalesce(r.is_error, false)
+          FROM unnest(p_writes) WITH ORDINALITY AS s
+         CROSS JOIN LATERAL (
+                SELECT 0::bigint AS offs, 'assistant' AS role, s.content AS content,
+                       NULL::text AS call_id, NULL::text AS tool_name,
+                       NULL::text AS arguments, NULL::text AS call_data,
+                       NULL::boolean AS is_error
+                UNION ALL
+                SELECT c.ord, 'tool', c.result, c.call_id, c.tool_name, c.arguments,
+                       c.call_data, c.is_error
+                  FROM unnest(s.call_ids, s.tool_names, s.arguments, s.call_data,
+                              s.results, s.is_error)
+                       WITH ORDINALITY AS c(call_id, tool_name, arguments, call_data,
+                                            result, is_error, ord)
+               ) AS r
+         WHERE s.ordinality = ANY (v_fenced);
+    END IF;
 
     -- Steps and ends: answer each; an end whose last step (if any) was written ends now.
-    FOR w IN SELECT u.* FROM unnest(p_writes) WITH ORDINALITY AS u
-              WHERE u.kind IN ('step', 'end') ORDER BY u.ordinality LOOP
-        ord := w.ordinality;
+    i := 0;
+    FOREACH w IN ARRAY p_writes LOOP
+        i := i + 1;
+        CONTINUE WHEN w.kind = 'claim';
+        ord := i;
         turn_id := NULL; status := NULL; epoch := NULL; next_position := NULL;
         outcome := NULL;
-        IF w.kind = 'end' AND (w.content IS NULL OR w.ordinality = ANY (v_fenced)) THEN
+        IF w.kind = 'end' AND (w.content IS NULL OR i = ANY (v_fenced)) THEN
             UPDATE turnstore_turns t SET status = w.status, error = w.error, ended_at = now()
              WHERE t.id = w.turn_id AND t.conversation_id = w.conversation_id
                AND t.epoch = w.epoch AND t.status = 'running';
@@ -367,7 +388,7 @@ BEGIN
             ELSE
                 outcome := 'refused';
             END IF;
-        ELSIF NOT w.ordinality = ANY (v_fenced) THEN
+        ELSIF NOT i = ANY (v_fenced) THEN
             outcome := 'refused';
         END IF;
         IF outcome IS NOT NULL THEN  -- why: '<status>:<steps>' of the turn as it is
@@ -379,12 +400,14 @@ BEGIN
     END LOOP;
 
     -- Claims, in the order they were sent.
-    FOR w IN SELECT u.* FROM unnest(p_writes) WITH ORDINALITY AS u
-              WHERE u.kind = 'claim' ORDER BY u.ordinality LOOP
+    i := 0;
+    FOREACH w IN ARRAY p_writes LOOP
+        i := i + 1;
+        CONTINUE WHEN w.kind <> 'claim';
         v_claim := turnstore_claim(w.lock_key, w.conversation_id, w.turn_id,
             w.idempotency_key, w.content_hash, w.content, w.owner, w.lease_seconds,
             w.window_seconds, w.fail_when_busy, w.first, w.retry);
-        ord := w.ordinality;
+        ord := i;
         outcome := v_claim.decision;
         turn_id := v_claim.turn_id;
         status := v_claim.status;
@@ -392,11 +415,4 @@ BEGIN
         next_position := v_claim.next_position;
         RETURN NEXT;
     END LOOP;
-
-    IF EXISTS (SELECT 1 FROM unnest(p_writes) AS u
-                WHERE u.kind IS DISTINCT FROM 'claim' AND u.kind IS DISTINCT FROM 'step'
-                  AND u.kind IS DISTINCT FROM 'end') THEN
-        RAISE EXCEPTION 'turnstore_apply: unknown write kind'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
 END $$;
