@@ -216,7 +216,9 @@ class StoreAdapter(Adapter[Turn]):
 
     async def read_back(self) -> list[CheckRow]:
         target = self._target
-        assert target is not None
+        assert target is not None and self._store is not None
+        batches, writes = self._store.backend.write_batches()
+        self.counters.update({"write batches": batches, "writes batched": writes})
         if target.backend == "postgres":
             assert target.asyncpg_dsn is not None
             conn = await asyncpg.connect(

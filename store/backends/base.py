@@ -281,6 +281,11 @@ class Backend(ABC):
     def lock_key(self, conversation_id: str) -> int:
         return lock_key(self.namespace, conversation_id)
 
+    def write_batches(self) -> tuple[int, int]:
+        """How many batches of writes went to the database, and how many writes they held
+        (group commit; ``(0, 0)`` for a backend that does not batch)."""
+        return (0, 0)
+
     @abstractmethod
     async def transaction(self, conversation_id: str, work: TxWork[T]) -> T:
         """Run ``await work(tx)`` in a write transaction that holds ``conversation_id``

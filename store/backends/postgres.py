@@ -150,6 +150,9 @@ class PostgresBackend(Backend):
         async with self._read_engine.connect() as conn:
             yield EngineTx(conn, self.statements)
 
+    def write_batches(self) -> tuple[int, int]:
+        return self._writes.batches, self._writes.writes
+
     async def transaction(self, conversation_id: str, work: TxWork[T]) -> T:
         async with self.engine.begin() as conn:
             tx = EngineTx(conn, self.statements)

@@ -143,6 +143,9 @@ class SqliteBackend(Backend):
             self._apply, is_connection_error=lambda _exc: False, max_concurrent=1
         )
 
+    def write_batches(self) -> tuple[int, int]:
+        return self._writes.batches, self._writes.writes
+
     async def transaction(self, conversation_id: str, work: TxWork[T]) -> T:
         return await self._writes.submit(work)  # type: ignore[no-any-return]
 
