@@ -1,6 +1,6 @@
-"""Group commit on its own (no database): writes sent at the same moment share a batch,
-each gets its own answer, a refused write fails alone, a broken connection fails its
-whole batch, and a caller's cancellation never cuts a batch short."""
+"""Group commit: writes sent at the same moment share a batch, each gets its own answer, a
+refused write fails alone, a broken connection fails its whole batch, and a caller's
+cancellation never cuts a batch short (on its own, and on both databases)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
+from store import InvalidMessage, Store
 from store.group_commit import GroupCommit
+
+from .helpers import assert_clean, step
 
 
 class Broken(ConnectionError):
@@ -137,3 +140,35 @@ def test_limits_are_checked() -> None:
         _commit(Recorder(), max_concurrent=0)
     with pytest.raises(ValueError):
         _commit(Recorder(), max_batch=0)
+
+
+async def test_a_refused_step_in_a_shared_batch_fails_alone_on_the_database(
+    store: Store,
+) -> None:
+    """Twenty turns commit a step at the same moment; one step reuses a tool call id of an
+    earlier turn of its conversation (the database refuses it). It fails with the
+    library's error; the other nineteen steps land, though they shared its batch."""
+    turns = [await store.begin_turn(f"c{i}", f"prompt {i}") for i in range(20)]
+    await turns[7].commit_step(*step("used", calls=2))
+    await turns[7].finish()
+    turns[7] = await store.begin_turn("c7", "again")
+    before = store.backend.write_batches()
+    outcomes: dict[int, object] = {}
+
+    async def commit(i: int) -> None:
+        try:
+            outcomes[i] = await turns[i].commit_step(*step("used" if i == 7 else f"s{i}"))
+        except InvalidMessage as exc:
+            outcomes[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(commit, i)
+    batches, writes = (a - b for a, b in zip(store.backend.write_batches(), before, strict=True))
+    assert batches < writes  # the writes did share batches
+    assert isinstance(outcomes.pop(7), InvalidMessage)
+    assert set(outcomes.values()) == {1}  # every other turn committed its first step
+    for i, turn in enumerate(turns):
+        if i != 7:
+            await turn.finish()
+    await assert_clean(store)
