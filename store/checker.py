@@ -145,6 +145,14 @@ def _check_turns(cid: str, turns: list[Any], rows: list[Any]) -> list[Violation]
         else:
             steps[row.turn_id].add(row.step)
     for turn in turns:
+        if turn.keeps_message and turn.status != "queued":
+            out.append(
+                Violation(
+                    "pending_message_kept",
+                    cid,
+                    f"turn {turn.id} ({turn.status}) still holds the message it waited with",
+                )
+            )
         count = user_messages.get(turn.id, 0)
         expected = 0 if turn.status in ("queued", "refused") else 1
         if count != expected:

@@ -97,12 +97,18 @@ async def test_corruption_is_found_and_reported(store: Store, target: Target) ->
 
 def test_turn_level_invariants() -> None:
     turns = [
-        SimpleNamespace(id="a", idempotency_key="k", status="running", steps=0),
-        SimpleNamespace(id="b", idempotency_key="k", status="running", steps=0),
-    ]
+        SimpleNamespace(id="a", idempotency_key="k", status="running", steps=0,
+                        keeps_message=False),
+        SimpleNamespace(id="b", idempotency_key="k", status="running", steps=0,
+                        keeps_message=True),  # started, yet still holding its message
+        SimpleNamespace(id="q", idempotency_key=None, status="queued", steps=0,
+                        keeps_message=True),  # waiting: fine
+    ]  # fmt: skip
     rows = [
         SimpleNamespace(turn_id="a", role="user", step=0),
         SimpleNamespace(turn_id="b", role="user", step=0),
     ]
-    kinds = {v.kind for v in _check_turns("c", turns, rows)}
-    assert kinds == {"several_running_turns", "duplicate_idempotency_key"}
+    kinds = [v.kind for v in _check_turns("c", turns, rows)]
+    assert sorted(kinds) == [
+        "duplicate_idempotency_key", "pending_message_kept", "several_running_turns",
+    ]  # fmt: skip

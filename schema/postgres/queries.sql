@@ -78,7 +78,7 @@ UPDATE turnstore_turns
  WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'queued';
 
 -- name: refuse_queued_turn
-UPDATE turnstore_turns SET status = 'refused', ended_at = now(), error = :error
+UPDATE turnstore_turns SET status = 'refused', pending_content = NULL, ended_at = now(), error = :error
  WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'queued';
 
 -- name: next_in_line
@@ -179,7 +179,9 @@ SELECT conversation_id, position, role, turn_id, step, step_position, tool_call_
  ORDER BY conversation_id, position;
 
 -- name: check_turns
-SELECT id, conversation_id, idempotency_key, status, steps FROM turnstore_turns
+SELECT id, conversation_id, idempotency_key, status, steps,
+       pending_content IS NOT NULL AS keeps_message
+  FROM turnstore_turns
  ORDER BY conversation_id, created_at, id;
 
 -- name: turns_by_status
