@@ -104,11 +104,7 @@ async def sample(dsn: str | None) -> CpuSample | None:
 def used(before: CpuSample | None, after: CpuSample | None) -> CpuUse | None:
     if before is None or after is None:
         return None
-    database: float | None = 0.0
-    for pid, t in after.backends.items():
-        if t is None:
-            database = None
-            break
-        assert database is not None
-        database += t - (before.backends.get(pid) or 0.0)
+    spent = [t - (before.backends.get(pid) or 0.0) if t is not None else None
+             for pid, t in after.backends.items()]  # fmt: skip
+    database = None if None in spent else sum(t for t in spent if t is not None)
     return CpuUse(after.process - before.process, database)

@@ -80,10 +80,6 @@ def _numbered(text: str) -> tuple[str, list[str]]:
     return re.sub(r"(?<!:):([a-z_]+)", number, text), names
 
 
-def _record(write: ClaimRequest | StepWrite | TurnEnd) -> tuple[Any, ...]:
-    return as_record(write)
-
-
 def _claim(turn_id: str, key: str | None, *, first: bool = True) -> ClaimRequest:
     return ClaimRequest(
         lock_key=1, conversation_id="c", turn_id=turn_id, idempotency_key=key,
@@ -139,7 +135,7 @@ async def test_writes_plan_bounded_lookups_whatever_the_statistics(
         )
 
         async def apply(write: ClaimRequest | StepWrite | TurnEnd) -> asyncpg.Record:
-            (row,) = await conn.fetch(APPLY, [_record(write)])
+            (row,) = await conn.fetch(APPLY, [as_record(write)])
             return row
 
         a = await apply(_claim("turn_a", "key-a"))

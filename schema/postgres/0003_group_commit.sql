@@ -30,9 +30,18 @@ ALTER TABLE turnstore_turns ADD COLUMN pending_content jsonb
 COMMENT ON COLUMN turnstore_turns.pending_content IS
     'The user message of a queued turn, written to history when the turn starts.';
 
+CREATE TYPE turnstore_claim_answer AS (
+    decision      text,
+    turn_id       text,
+    status        text,
+    epoch         bigint,
+    next_position bigint
+);
+
 -- turnstore_claim of version 1, changed in five ways:
 --   * every lookup of a turn names its conversation (see 0002_stable_plans.sql);
---   * it answers one row (OUT parameters: cheaper to call than a set-returning function);
+--   * it answers one turnstore_claim_answer (cheaper to call than a set-returning
+--     function);
 --   * a queued turn keeps its user message (pending_content);
 --   * a poll (not p_first) by a turn that was handed the conversation answers 'claimed';
 --   * the common case runs fewer statements: the live turns are read once, and the
@@ -49,13 +58,8 @@ CREATE FUNCTION turnstore_claim(
     p_window_seconds  double precision,
     p_fail_when_busy  boolean,
     p_first           boolean,
-    p_retry           boolean,
-    OUT decision      text,
-    OUT turn_id       text,
-    OUT status        text,
-    OUT epoch         bigint,
-    OUT next_position bigint
-) LANGUAGE plpgsql AS $$
+    p_retry           boolean
+) RETURNS turnstore_claim_answer LANGUAGE plpgsql AS $$
 DECLARE
     v_lease    interval := make_interval(secs => p_lease_seconds);
     v_turn     text := p_turn_id;
@@ -73,21 +77,11 @@ BEGIN
         SELECT t.status, t.epoch INTO v_row FROM turnstore_turns t
          WHERE t.id = p_turn_id AND t.conversation_id = p_conversation_id;
         IF FOUND AND v_row.status = 'running' THEN
-            decision := 'claimed';
-            turn_id := p_turn_id;
-            status := 'running';
-            epoch := v_row.epoch;
-            next_position := (SELECT coalesce(max(m.position), -1) + 1
-                                FROM turnstore_messages m
-                               WHERE m.conversation_id = p_conversation_id);
-            RETURN;
+            SELECT coalesce(max(m.position), -1) + 1 INTO v_pos FROM turnstore_messages m
+             WHERE m.conversation_id = p_conversation_id;
+            RETURN ('claimed', p_turn_id, 'running', v_row.epoch, v_pos)::turnstore_claim_answer;
         ELSIF FOUND AND v_row.status = 'queued' AND p_retry THEN
-            decision := 'queued';
-            turn_id := p_turn_id;
-            status := 'queued';
-            epoch := 0;
-            next_position := NULL;
-            RETURN;
+            RETURN ('queued', p_turn_id, 'queued', 0, NULL)::turnstore_claim_answer;
         END IF;
     END IF;
     IF p_first THEN
@@ -97,12 +91,7 @@ BEGIN
                AND t.idempotency_key = p_idempotency_key;
             v_found := FOUND;
             IF v_found AND v_row.content_hash <> p_content_hash THEN
-                decision := 'key_reused';
-                turn_id := v_row.id;
-                status := v_row.status;
-                epoch := 0;
-                next_position := NULL;
-                RETURN;
+                RETURN ('key_reused', v_row.id, v_row.status, 0, NULL)::turnstore_claim_answer;
             END IF;
         ELSIF p_window_seconds > 0 THEN
             SELECT t.id, t.status INTO v_row FROM turnstore_turns t
@@ -116,12 +105,7 @@ BEGIN
         END IF;
         IF v_found THEN
             IF v_row.status <> 'refused' THEN
-                decision := 'duplicate';
-                turn_id := v_row.id;
-                status := v_row.status;
-                epoch := 0;
-                next_position := NULL;
-                RETURN;
+                RETURN ('duplicate', v_row.id, v_row.status, 0, NULL)::turnstore_claim_answer;
             END IF;
             v_turn := v_row.id;  -- it gave up waiting and wrote nothing: retry it
             v_requeue := true;
@@ -143,12 +127,7 @@ BEGIN
                      JOIN turnstore_staged_steps s ON s.turn_id = t.id AND s.step = t.steps + 1
                     WHERE t.conversation_id = p_conversation_id AND t.status = 'running'
                       AND t.lease_expires_at < now()) THEN
-            decision := 'recover';
-            turn_id := v_turn;
-            status := NULL;
-            epoch := 0;
-            next_position := NULL;
-            RETURN;
+            RETURN ('recover', v_turn, NULL, 0, NULL)::turnstore_claim_answer;
         END IF;
         WITH expired AS (
             UPDATE turnstore_turns t
@@ -168,23 +147,14 @@ BEGIN
 
     IF v_has_head AND NOT (v_row.id = v_turn AND v_row.status = 'queued') THEN
         IF p_first AND p_fail_when_busy THEN
-            decision := 'busy';
-            turn_id := v_turn;
-            status := NULL;
-            epoch := 0;
-            next_position := NULL;
-            RETURN;
+            RETURN ('busy', v_turn, NULL, 0, NULL)::turnstore_claim_answer;
         END IF;
         IF NOT p_first THEN
             UPDATE turnstore_turns t SET lease_expires_at = now() + v_lease
              WHERE t.id = v_turn AND t.conversation_id = p_conversation_id
                AND t.status = 'queued';
-            decision := CASE WHEN FOUND THEN 'queued' ELSE 'busy' END;
-            turn_id := v_turn;
-            status := 'queued';
-            epoch := 0;
-            next_position := NULL;
-            RETURN;
+            RETURN (CASE WHEN FOUND THEN 'queued' ELSE 'busy' END, v_turn, 'queued', 0,
+                    NULL)::turnstore_claim_answer;
         END IF;
         IF v_requeue THEN
             UPDATE turnstore_turns t
@@ -200,12 +170,7 @@ BEGIN
             VALUES (v_turn, p_conversation_id, p_idempotency_key, p_content_hash, 'queued', 0,
                     p_owner, now() + v_lease, clock_timestamp(), p_content::jsonb);
         END IF;
-        decision := 'queued';
-        turn_id := v_turn;
-        status := 'queued';
-        epoch := 0;
-        next_position := NULL;
-        RETURN;
+        RETURN ('queued', v_turn, 'queued', 0, NULL)::turnstore_claim_answer;
     END IF;
 
     UPDATE turnstore_conversations c SET epoch = c.epoch + 1 WHERE c.id = p_conversation_id
@@ -233,11 +198,7 @@ BEGIN
     INSERT INTO turnstore_messages (conversation_id, position, role, turn_id, step,
                                     step_position, tool_call_count, content)
     VALUES (p_conversation_id, v_pos, 'user', v_turn, 0, v_pos, 0, p_content::jsonb);
-    decision := 'claimed';
-    turn_id := v_turn;
-    status := 'running';
-    epoch := v_epoch;
-    next_position := v_pos + 1;
+    RETURN ('claimed', v_turn, 'running', v_epoch, v_pos + 1)::turnstore_claim_answer;
 END $$;
 
 -- Superseded by turnstore_apply, which writes steps and ends (and hands over).

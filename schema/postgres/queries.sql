@@ -78,7 +78,8 @@ UPDATE turnstore_turns
  WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'queued';
 
 -- name: refuse_queued_turn
-UPDATE turnstore_turns SET status = 'refused', pending_content = NULL, ended_at = now(), error = :error
+UPDATE turnstore_turns
+   SET status = 'refused', pending_content = NULL, ended_at = now(), error = :error
  WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'queued';
 
 -- name: next_in_line

@@ -29,7 +29,8 @@ RETURNING id, status, epoch, steps;
 -- The head of the line (the running turn, else the oldest waiting one), and whether any
 -- live turn's lease has expired (then it is taken over first).
 SELECT t.id, t.status,
-       (SELECT max(x.lease_expires_at < ((julianday('now') - 2440587.5) * 86400.0)) FROM turnstore_turns x
+       (SELECT max(x.lease_expires_at < ((julianday('now') - 2440587.5) * 86400.0))
+          FROM turnstore_turns x
          WHERE x.conversation_id = :conversation_id
            AND x.status IN ('queued', 'running')) AS stale
   FROM turnstore_turns t
@@ -75,7 +76,9 @@ UPDATE turnstore_turns
  WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'queued';
 
 -- name: refuse_queued_turn
-UPDATE turnstore_turns SET status = 'refused', pending_content = NULL, ended_at = ((julianday('now') - 2440587.5) * 86400.0), error = :error
+UPDATE turnstore_turns
+   SET status = 'refused', pending_content = NULL, error = :error,
+       ended_at = ((julianday('now') - 2440587.5) * 86400.0)
  WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'queued';
 
 -- name: next_in_line
@@ -83,7 +86,8 @@ UPDATE turnstore_turns SET status = 'refused', pending_content = NULL, ended_at 
 -- conversation over to it.
 SELECT id, pending_content, lease_owner FROM turnstore_turns
  WHERE conversation_id = :conversation_id AND status = 'queued'
-   AND lease_expires_at >= ((julianday('now') - 2440587.5) * 86400.0) AND pending_content IS NOT NULL
+   AND lease_expires_at >= ((julianday('now') - 2440587.5) * 86400.0)
+   AND pending_content IS NOT NULL
  ORDER BY created_at, id LIMIT 1;
 
 -- name: next_position

@@ -278,7 +278,7 @@ def _step_fields(step: StepWrite | None) -> tuple[Any, ...]:
 
 
 def as_record(w: Write) -> tuple[Any, ...]:
-    """A write as a ``turnstore_write`` record (schema/postgres/0002_group_commit.sql)."""
+    """A write as a ``turnstore_write`` record (schema/postgres/0003_group_commit.sql)."""
     if isinstance(w, StepWrite):
         return ("step", w.lock_key, w.conversation_id, w.turn_id, w.epoch, w.lease_seconds,
                 None, None, None, None, None, None, None,
