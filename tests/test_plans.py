@@ -36,16 +36,23 @@ BOUNDING = ("conversation_id", "(id =", "turn_id")
 INDEX_SCANS = ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
 
 
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
+def _nodes(plan: dict[str, Any], limited: bool = False) -> Iterator[tuple[dict[str, Any], bool]]:
+    """Every node of ``plan``, and whether a Limit above it stops the scan early."""
+    yield plan, limited
+    limited = limited or plan["Node Type"] == "Limit"
     for child in plan.get("Plans", ()):
-        yield from _nodes(child)
+        yield from _nodes(child, limited)
 
 
-def unbounded(plan: dict[str, Any]) -> list[str]:
-    """The scans of turnstore tables in ``plan`` that are not bounded by a key."""
+def unbounded(plan: dict[str, Any], *, whole_conversation_ok: bool = False) -> list[str]:
+    """The scans of turnstore tables in ``plan`` that are not bounded by a key.
+
+    A scan of the messages table bounded by its conversation alone reads the whole history
+    unless a Limit stops it (as ``max(position)`` planned as an aggregate over the
+    conversation does); only reads of history (``whole_conversation_ok``) may do that.
+    """
     bad = []
-    for node in _nodes(plan):
+    for node, limited in _nodes(plan):
         relation = node.get("Relation Name", "")
         index = node.get("Index Name", "")
         if not (relation.startswith("turnstore_") or index.startswith("turnstore_")):
@@ -56,8 +63,15 @@ def unbounded(plan: dict[str, Any]) -> list[str]:
         label = f"{kind} on {relation or index} cond={condition!r} filter={where!r}"
         bounded = any(b in condition for b in BOUNDING)
         walks_keys = any(column in where for column in KEY_COLUMNS)
+        whole_history = (
+            (relation == "turnstore_messages" or index.startswith("turnstore_messages"))
+            and not any(column in condition for column in (*KEY_COLUMNS, "turn_id"))
+            and not limited
+        )
         if kind == "Seq Scan" or (kind in INDEX_SCANS and (not bounded or walks_keys)):
             bad.append(label)
+        elif kind in INDEX_SCANS and whole_history and not whole_conversation_ok:
+            bad.append(f"{label} (the whole conversation)")
     return bad
 
 
@@ -198,3 +212,16 @@ def test_the_check_flags_a_scan_of_a_whole_conversation() -> None:
     del plan["Plans"][0]["Filter"]
     assert unbounded(plan) == []
     assert unbounded({"Node Type": "Seq Scan", "Relation Name": "turnstore_turns"}) != []
+
+
+def test_the_check_flags_max_position_planned_over_the_whole_conversation() -> None:
+    """A generic plan made while the table looked small: ``max(position)`` as an aggregate
+    over every message of the conversation, not a backward scan stopped after one row."""
+    scan = {
+        "Node Type": "Index Only Scan", "Relation Name": "turnstore_messages",
+        "Index Name": "turnstore_messages_pkey", "Index Cond": "(conversation_id = $2)",
+    }  # fmt: skip
+    assert unbounded({"Node Type": "Aggregate", "Plans": [scan]}) != []
+    assert unbounded({"Node Type": "Aggregate", "Plans": [scan]}, whole_conversation_ok=True) == []
+    limited = {"Node Type": "Result", "Plans": [{"Node Type": "Limit", "Plans": [scan]}]}
+    assert unbounded(limited) == []

@@ -91,8 +91,11 @@ SELECT id, pending_content::text AS pending_content, lease_owner FROM turnstore_
  ORDER BY created_at, id LIMIT 1;
 
 -- name: next_position
-SELECT coalesce(max(position), -1) + 1 FROM turnstore_messages
- WHERE conversation_id = :conversation_id;
+-- ORDER BY ... LIMIT 1 rather than max(): PostgreSQL may plan max() as an aggregate over
+-- the whole conversation (see postgres/0006_bounded_next_position.sql).
+SELECT coalesce((SELECT position FROM turnstore_messages
+                  WHERE conversation_id = :conversation_id
+                  ORDER BY position DESC LIMIT 1), -1) + 1;
 
 -- name: insert_message
 INSERT INTO turnstore_messages
@@ -142,8 +145,9 @@ DELETE FROM turnstore_staged_steps WHERE turn_id = :turn_id;
 -- name: window_start
 SELECT step_position FROM turnstore_messages
  WHERE conversation_id = :conversation_id
-   AND position = (SELECT max(position) FROM turnstore_messages
-                    WHERE conversation_id = :conversation_id) - :last + 1;
+   AND position = (SELECT position FROM turnstore_messages
+                    WHERE conversation_id = :conversation_id
+                    ORDER BY position DESC LIMIT 1) - :last + 1;
 
 -- name: history
 SELECT position, role, turn_id, step, tool_call_count, content, tool_call_id, tool_name,
@@ -163,8 +167,9 @@ SELECT position, role, tool_call_count, content::text, tool_call_id, tool_name,
    AND position >= coalesce(
          (SELECT step_position FROM turnstore_messages
            WHERE conversation_id = :conversation_id
-             AND position = (SELECT max(position) FROM turnstore_messages
-                              WHERE conversation_id = :conversation_id) - :last + 1),
+             AND position = (SELECT position FROM turnstore_messages
+                              WHERE conversation_id = :conversation_id
+                              ORDER BY position DESC LIMIT 1) - :last + 1),
          0)
  ORDER BY position;
 
@@ -203,7 +208,8 @@ SELECT position, role, turn_id, step, tool_call_count, content::text, tool_call_
    AND position >= coalesce(
          (SELECT step_position FROM turnstore_messages
            WHERE conversation_id = $1
-             AND position = (SELECT max(position) FROM turnstore_messages
-                              WHERE conversation_id = $1) - $2 + 1),
+             AND position = (SELECT position FROM turnstore_messages
+                              WHERE conversation_id = $1
+                              ORDER BY position DESC LIMIT 1) - $2 + 1),
          0)
  ORDER BY position;
