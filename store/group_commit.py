@@ -9,6 +9,13 @@ others wait for their answers. When the database is idle a batch holds one write
 what a lone write costs; under load batches grow by themselves, and the commits, round
 trips and socket writes per write fall.
 
+Writes that would wait for each other in the database — two writes on one conversation
+take its lock — are never in flight at once (``conflict_key``): a write whose key is held
+by a running batch stays queued and rides in the next batch that starts after that one
+ended. Concurrent batches therefore never block each other on a lock: each slot does
+work, and a write that would have waited for the lock waits in the queue instead, where it
+joins a batch rather than taking a transaction, a round trip and a WAL flush of its own.
+
 If a batch fails with an error that is not a broken connection (a constraint refused one
 write), the batch rolled back as a whole: its writes are applied again one by one, so that
 only the write at fault fails and the others land. A broken connection is reported to
@@ -18,8 +25,8 @@ recognises an attempt that did land (see ``Backend.retrying``).
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 import anyio
@@ -47,7 +54,8 @@ class GroupCommit(Generic[Op, Result]):
 
     ``apply`` runs one batch in one transaction and returns one answer per write, in
     order. ``is_connection_error`` tells a broken connection (not retried one by one) from
-    a refusal (retried one by one).
+    a refusal (retried one by one). Writes with equal ``conflict_key`` (by default, none
+    conflict) are never in flight at once; among them the order of submission is kept.
     """
 
     def __init__(
@@ -57,6 +65,7 @@ class GroupCommit(Generic[Op, Result]):
         is_connection_error: Callable[[BaseException], bool],
         max_concurrent: int = 2,
         max_batch: int = 64,
+        conflict_key: Callable[[Op], Hashable] | None = None,
     ) -> None:
         if max_concurrent < 1 or max_batch < 1:
             raise ValueError("max_concurrent and max_batch must be at least 1")
@@ -64,8 +73,10 @@ class GroupCommit(Generic[Op, Result]):
         self._is_connection_error = is_connection_error
         self._max_concurrent = max_concurrent
         self._max_batch = max_batch
+        self._conflict_key = conflict_key
         self._queue: deque[_Pending[Op, Result]] = deque()
         self._running = 0
+        self._held: Counter[Hashable] = Counter()  # conflict keys of the running batches
         #: batches applied and writes in them, for the curious (and the tests)
         self.batches = 0
         self.writes = 0
@@ -78,7 +89,7 @@ class GroupCommit(Generic[Op, Result]):
         self._queue.append(pending)
         with anyio.CancelScope(shield=True):
             while not pending.done:
-                if self._running < self._max_concurrent:
+                if self._running < self._max_concurrent and self._can_lead():
                     await self._lead()
                 else:
                     await pending.wake.wait()
@@ -87,14 +98,52 @@ class GroupCommit(Generic[Op, Result]):
             raise pending.error
         return pending.result  # type: ignore[return-value]
 
+    def _can_lead(self) -> bool:
+        """Whether a batch could start now: some queued write conflicts with no running
+        batch."""
+        if not self._held:
+            return bool(self._queue)
+        key = self._conflict_key
+        assert key is not None
+        return any(key(p.op) not in self._held for p in self._queue)
+
+    def _take_batch(self) -> list[_Pending[Op, Result]]:
+        """The oldest queued writes, up to ``max_batch``, that conflict with no running
+        batch. A write left behind holds back every later write with its key, so that the
+        writes of one key keep their order."""
+        key = self._conflict_key
+        if key is None:
+            count = min(self._max_batch, len(self._queue))
+            return [self._queue.popleft() for _ in range(count)]
+        batch: list[_Pending[Op, Result]] = []
+        left: deque[_Pending[Op, Result]] = deque()
+        blocked: set[Hashable] = set()
+        while self._queue and len(batch) < self._max_batch:
+            pending = self._queue.popleft()
+            k = key(pending.op)
+            if k in self._held or k in blocked:
+                blocked.add(k)
+                left.append(pending)
+            else:
+                batch.append(pending)
+        left.extend(self._queue)
+        self._queue = left
+        return batch
+
     async def _lead(self) -> None:
-        """Take a slot and apply the oldest queued writes as one batch."""
-        batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+        """Take a slot and apply the oldest queued writes that may run as one batch."""
+        batch = self._take_batch()
+        keys = [self._conflict_key(p.op) for p in batch] if self._conflict_key else []
+        self._held.update(keys)
         self._running += 1
         try:
             await self._apply_all(batch)
         finally:
             self._running -= 1
+            for k in keys:
+                self._held[k] -= 1
+                if not self._held[k]:
+                    del self._held[k]
             if self._queue:  # hand the free slot to the oldest writer still waiting
                 self._queue[0].wake.set()
 

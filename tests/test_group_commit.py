@@ -66,6 +66,65 @@ async def test_writes_sent_together_share_batches_and_get_their_own_answers() ->
     assert (commit.batches, commit.writes) == (len(apply.batches), 40)
 
 
+class KeyedRecorder(Recorder):
+    """Also records, for writes named "<key>:<n>", which keys were in flight at once."""
+
+    def __init__(self, seconds: float = 0.01) -> None:
+        super().__init__(seconds)
+        self.in_flight: list[str] = []
+        self.overlaps: list[str] = []
+
+    async def __call__(self, ops: Sequence[str]) -> list[str]:
+        keys = [op.split(":")[0] for op in ops]
+        self.overlaps += [k for k in keys if k in self.in_flight]
+        self.in_flight += keys
+        try:
+            return await super().__call__(ops)
+        finally:
+            for k in keys:
+                self.in_flight.remove(k)
+
+
+async def test_writes_with_one_conflict_key_are_never_in_flight_at_once() -> None:
+    """Two writes on one conversation would wait for its lock in the database: the second
+    waits in the queue instead, rides in a later batch, and the order of each key's writes
+    is kept; writes on other keys still run in the other slot."""
+    apply = KeyedRecorder()
+    commit: GroupCommit[str, str] = GroupCommit(
+        apply,
+        is_connection_error=lambda e: isinstance(e, Broken),
+        max_concurrent=2,
+        conflict_key=lambda op: op.split(":")[0],
+    )
+    answers: dict[str, str] = {}
+
+    async def send(op: str) -> None:
+        answers[op] = await commit.submit(op)
+
+    async def writer(key: str) -> None:
+        for n in range(6):  # one key's writes are sent one after another, or all at once
+            if key == "burst":
+                async with anyio.create_task_group() as tg:
+                    for m in range(4):
+                        tg.start_soon(send, f"{key}:{n}.{m}")
+            else:
+                await send(f"{key}:{n}")
+
+    async with anyio.create_task_group() as tg:
+        for key in ("a", "b", "c", "burst"):
+            tg.start_soon(writer, key)
+    assert len(answers) == 3 * 6 + 6 * 4
+    assert all(answer == f"done:{op}" for op, answer in answers.items())
+    assert apply.overlaps == []
+    assert apply.most_running == 2  # the other slot was used
+    applied = [op for batch in apply.batches for op in batch]
+    for key in ("a", "b", "c"):
+        in_order = [f"{key}:{n}" for n in range(6)]
+        assert [op for op in applied if op.startswith(f"{key}:")] == in_order
+    burst = [int(op.split(":")[1].split(".")[0]) for op in applied if op.startswith("burst:")]
+    assert burst == sorted(burst)
+
+
 async def test_a_lone_write_is_applied_at_once() -> None:
     apply = Recorder(seconds=0)
     commit = _commit(apply)

@@ -91,6 +91,10 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
     return None
 
 
+def _lock_key_of(write: Write) -> int:
+    return write.lock_key
+
+
 class PostgresBackend(Backend):
     dialect = "postgres"
 
@@ -105,6 +109,9 @@ class PostgresBackend(Backend):
             self._apply,
             is_connection_error=self.is_connection_error_anywhere,
             max_concurrent=max(1, min(2, pool_size)),
+            # Two writes on one conversation would wait for its advisory lock: the second
+            # waits in the queue instead, and joins the next batch.
+            conflict_key=_lock_key_of,
         )
         self._replay_sql = driver_sql(self.statements["replay"], ("conversation_id", "last"))
 
