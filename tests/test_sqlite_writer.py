@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from store import Store
 from store.backends.base import Tx
 from store.backends.sqlite import SqliteBackend
+from store.backends.sqlite_checkpoint import BACKSTOP_PAGES, EVERY_COMMITS
 
 from .conftest import Target
 from .helpers import step
@@ -74,3 +76,26 @@ async def test_a_step_costs_the_same_at_10_and_at_2000_messages(lite: Store) -> 
         await turn.finish()
     late = await cost_of_a_step(400)
     assert late < early * 1.5, (early, late)  # without the indexes: about 100x
+
+
+async def test_the_wal_is_checkpointed_by_a_thread_of_its_own(lite: Store) -> None:
+    """The writer checkpoints only past the backstop; the checkpointer thread, woken every
+    EVERY_COMMITS commits, copies the WAL back into the database file meanwhile."""
+    backend = lite.backend
+    assert isinstance(backend, SqliteBackend)
+    checkpointer = backend._checkpointer
+    assert checkpointer is not None
+    for n in range(EVERY_COMMITS // 2 - 1):  # a claim and a step: one commit each
+        turn = await lite.begin_turn(f"c{n}", "go")
+        await turn.commit_step(*step(f"t{n}"))
+    assert checkpointer.checkpoints == 0  # 62 commits: not woken yet
+    turn = await lite.begin_turn("last", "go")
+    await turn.commit_step(*step("last"))  # the 64th commit wakes it
+    with anyio.fail_after(10):
+        while checkpointer.checkpoints == 0:  # noqa: ASYNC110 (a thread's counter)
+            await anyio.sleep(0.01)
+    assert checkpointer.last_error is None
+    wal = backend._writer().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert wal == BACKSTOP_PAGES
+    await lite.close()  # stops the thread
+    assert checkpointer._thread is None

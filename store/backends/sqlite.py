@@ -7,7 +7,8 @@ Writes go through group commit (``store.group_commit``) to one dedicated ``sqlit
 connection per store (SQLite has one writer at a time anyway): the writes queued at one
 moment run in one ``BEGIN IMMEDIATE`` transaction, in one hop to a worker thread, where
 each write's code runs straight through (``run_to_end``: its ``Tx`` answers at once). Reads
-and migrations use the SQLAlchemy engine (aiosqlite)."""
+and migrations use the SQLAlchemy engine (aiosqlite). A thread of its own checkpoints the
+WAL, off the writer's path (``sqlite_checkpoint``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from .. import sql
 from ..group_commit import GroupCommit
 from .base import Backend, Tx, TxWork
+from .sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
 
 T = TypeVar("T")
 
@@ -139,6 +141,10 @@ class SqliteBackend(Backend):
         self._synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
         self._thread = anyio.CapacityLimiter(1)  # one writer thread at a time
+        database = engine.url.database or ""
+        self._checkpointer = (
+            Checkpointer(database, busy_timeout) if database not in ("", ":memory:") else None
+        )
         self._writes: GroupCommit[TxWork[Any], Any] = GroupCommit(
             self._apply, is_connection_error=lambda _exc: False, max_concurrent=1
         )
@@ -163,6 +169,8 @@ class SqliteBackend(Backend):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
         return results
 
     def _writer(self) -> sqlite3.Connection:
@@ -176,6 +184,8 @@ class SqliteBackend(Backend):
             conn.row_factory = _named_row
             for pragma in _pragmas(self._synchronous, self._busy_timeout):
                 conn.execute(pragma)
+            if self._checkpointer is not None:  # the checkpointer thread does it
+                conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
             self._conn = conn
         return self._conn
 
@@ -183,6 +193,8 @@ class SqliteBackend(Backend):
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await anyio.to_thread.run_sync(conn.close, limiter=self._thread)
+        if self._checkpointer is not None:
+            await anyio.to_thread.run_sync(self._checkpointer.close)
         await super().close()
 
     async def applied_versions(self) -> list[int]:
