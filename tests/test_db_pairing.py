@@ -87,6 +87,17 @@ REFUSED = {
         row(3, "tool", 1, 1, 1, "a"),
     ],
     "position gap": [USER, row(2, "assistant", 1, 2, 0)],
+    "position gap inside a step": [
+        USER,
+        row(1, "assistant", 1, 1, 2),
+        row(3, "tool", 1, 1, 2, "b"),
+    ],
+    "position gap inside a step, the last result present": [
+        USER,
+        row(1, "assistant", 1, 1, 3),
+        row(2, "tool", 1, 1, 3, "a"),
+        row(4, "tool", 1, 1, 3, "c"),
+    ],
     "first message not at position 0": [row(1, "user", 0, 1)],
     "tool row without call id": [USER, row(1, "assistant", 1, 1, 1), row(2, "tool", 1, 1, 1)],
 }

@@ -1,0 +1,8 @@
+-- turnstore schema, version 7, SQLite: nothing to do.
+--
+-- On PostgreSQL this version stops checking the density of positions on tool rows, which
+-- turnstore_result_follows_its_step already checks more strictly (see
+-- postgres/0007_density_on_step_openers.sql). SQLite cannot change a generated column
+-- without rebuilding the table, and its check of a tool row's predecessor, redundant but
+-- harmless, refuses nothing the other check accepts: the rules are the same on both. The
+-- version exists here so that both dialects keep the same migration history.
