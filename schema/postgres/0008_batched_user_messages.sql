@@ -25,19 +25,22 @@ DROP FUNCTION turnstore_apply(turnstore_write[]);
 DROP FUNCTION turnstore_claim(bigint, text, text, text, text, text, text, double precision,
                               double precision, boolean, boolean, boolean);
 
+-- PL/pgSQL, not SQL: PL/pgSQL keeps the INSERT's plan for the session, where a SQL
+-- function plans its statement again at every call.
 CREATE FUNCTION turnstore_write_user_messages(
     p_conversations text[],
     p_positions     bigint[],
     p_turns         text[],
     p_contents      text[]
-) RETURNS void LANGUAGE sql AS $$
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO turnstore_messages (conversation_id, position, role, turn_id, step,
                                     step_position, tool_call_count, content)
     SELECT u.conversation_id, u.position, 'user', u.turn_id, 0, u.position, 0,
            u.content::jsonb
       FROM unnest(p_conversations, p_positions, p_turns, p_contents)
-           AS u(conversation_id, position, turn_id, content)
-$$;
+           AS u(conversation_id, position, turn_id, content);
+END $$;
 
 -- An answer says whether the claim started its turn and left the user message to its
 -- caller (only when the caller asked it to: p_write_message false).
