@@ -1,5 +1,5 @@
 """turnstore_apply on PostgreSQL: the user messages of a batch's claims are written by one
-statement after the claims (schema/postgres/0008_batched_user_messages.sql), with the same
+statement after the claims (schema/postgres/0006_cheaper_claims.sql), with the same
 rows and answers as claims applied one by one."""
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ indexed: sqlite/0004_child_key_indexes.sql)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from store import Store
 from store.backends.base import Tx
 from store.backends.sqlite import SqliteBackend
-from store.backends.sqlite_checkpoint import BACKSTOP_PAGES, EVERY_COMMITS
+from store.backends.sqlite_checkpoint import BACKSTOP_PAGES, EVERY_COMMITS, Checkpointer
 
 from .conftest import Target
 from .helpers import step
@@ -98,4 +99,26 @@ async def test_the_wal_is_checkpointed_by_a_thread_of_its_own(lite: Store) -> No
     wal = backend._writer().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
     assert wal == BACKSTOP_PAGES
     await lite.close()  # stops the thread
+    assert checkpointer._thread is None
+
+
+async def test_a_failing_checkpoint_is_kept_and_the_thread_goes_on(tmp_path: Path) -> None:
+    """A checkpoint that fails (here: the file is not a database) does not stop the thread
+    or reach the writer: the error is kept, the next wake tries again, and closing stops
+    the thread."""
+    path = tmp_path / "not-a-database.db"
+    path.write_bytes(b"this is not an SQLite database " * 200)
+    checkpointer = Checkpointer(str(path), busy_timeout=1)
+    try:
+        for _wake in range(2):
+            first_error = checkpointer.last_error
+            for _ in range(EVERY_COMMITS):
+                checkpointer.committed()
+            with anyio.fail_after(10):
+                while checkpointer.last_error is first_error:  # noqa: ASYNC110 (a thread)
+                    await anyio.sleep(0.01)
+            assert isinstance(checkpointer.last_error, sqlite3.DatabaseError)
+        assert checkpointer.checkpoints == 0
+    finally:
+        checkpointer.close()
     assert checkpointer._thread is None

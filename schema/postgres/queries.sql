@@ -92,7 +92,7 @@ SELECT id, pending_content::text AS pending_content, lease_owner FROM turnstore_
 
 -- name: next_position
 -- ORDER BY ... LIMIT 1 rather than max(): PostgreSQL may plan max() as an aggregate over
--- the whole conversation (see postgres/0006_bounded_next_position.sql).
+-- the whole conversation (see postgres/0006_cheaper_claims.sql).
 SELECT coalesce((SELECT position FROM turnstore_messages
                   WHERE conversation_id = :conversation_id
                   ORDER BY position DESC LIMIT 1), -1) + 1;

@@ -92,7 +92,7 @@ SELECT id, pending_content, lease_owner FROM turnstore_turns
 
 -- name: next_position
 -- Written as in postgres/queries.sql, where max() may be planned as an aggregate over the
--- whole conversation (postgres/0006_bounded_next_position.sql); SQLite seeks once either way.
+-- whole conversation (postgres/0006_cheaper_claims.sql); SQLite seeks once either way.
 SELECT coalesce((SELECT position FROM turnstore_messages
                   WHERE conversation_id = :conversation_id
                   ORDER BY position DESC LIMIT 1), -1) + 1;

@@ -75,18 +75,23 @@ class Checkpointer:
             self._thread = None
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
+        conn: sqlite3.Connection | None = None
         try:
             while True:
                 self._wake.wait()
                 self._wake.clear()
                 if self._stopping:
                     return
-                try:
+                try:  # a failure is kept and tried again at the next wake
+                    if conn is None:
+                        conn = sqlite3.connect(
+                            self._path, timeout=self._busy_timeout, isolation_level=None
+                        )
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:  # the backstop still bounds the WAL
+                except sqlite3.Error as exc:  # the writer's backstop still bounds the WAL
                     self.last_error = exc
                 else:
                     self.checkpoints += 1
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()

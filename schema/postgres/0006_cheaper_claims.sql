@@ -1,25 +1,33 @@
--- turnstore schema, version 8, PostgreSQL: the user messages of a batch's claims are
--- written by one statement.
+-- turnstore schema, version 6, PostgreSQL: claims read one row for the next position, and
+-- the claims of a batch write their user messages with one statement.
 --
--- Each claim that started its turn wrote its user message with an INSERT of its own. A
--- statement's set-up costs far more than the row it writes: PostgreSQL reads the table's
--- CHECK constraints and generated columns back from their stored form and prepares them,
--- opens the indexes and queues the deferred checks, for every execution (perf on a
--- backend applying one write at a time: 7% of its time in stringToNode alone). A batch
--- of writes from many turns held a couple of claims, each paying that.
+-- 1. The next position. turnstore_claim read it as coalesce(max(position), -1) + 1.
+-- PostgreSQL plans max() either as a backward index scan stopped after one row, or as an
+-- aggregate over every message of the conversation; it picks the latter when it expects
+-- few rows, as it does on a table never analyzed or analyzed while small. PL/pgSQL keeps
+-- the generic plan a connection made then, so on some connections every claim read the
+-- whole conversation: seen under load at 0.75 ms a claim for a conversation of about 2,000
+-- messages, growing with the conversation (auto_explain, one hot conversation).
+-- ORDER BY position DESC LIMIT 1 has no plan that reads more than one row: the index on
+-- (conversation_id, position) gives the order, so no plan sorts. tests/test_plans.py
+-- flags any read of a whole conversation on the write path.
 --
--- turnstore_apply now collects the user messages of its claims and writes them after the
--- last claim with one INSERT (turnstore_write_user_messages). Nothing of the batch reads
--- the messages after the claims but a claim's next position, and only a turn's own poll
--- or retry reads it; a claim on a conversation whose message is still to be written
--- writes the collected messages first. The rows, their constraints and the answers are
--- the same as before. turnstore_claim takes p_write_message (true by default: it
--- writes the message itself, as before), and its answer says whether it left the message
--- to its caller (message_left).
---
--- Measured with a loop that applies batches of eight claims, then of eight steps (twice),
--- then of eight ends, on one connection: the backend's CPU per claim went from 218 to
--- 184 us; per step of the whole loop, from 352 to 339 us.
+-- 2. The user messages. Each claim that started its turn wrote its user message with an
+-- INSERT of its own. A statement's set-up costs far more than the row it writes:
+-- PostgreSQL reads the table's CHECK constraints and generated columns back from their
+-- stored form and prepares them, opens the indexes and queues the deferred checks, for
+-- every execution (perf on a backend applying one write at a time: 7% of its time in
+-- stringToNode alone). turnstore_apply now collects the user messages of its claims and
+-- writes them after the last claim with one INSERT (turnstore_write_user_messages).
+-- Nothing of the batch reads the messages after the claims but a claim's next position,
+-- and only a turn's own poll or retry reads it; a claim on a conversation whose message is
+-- still to be written writes the collected messages first (tests/test_apply.py). The
+-- rows, their constraints and the answers are the same as before. turnstore_claim takes
+-- p_write_message (true by default: it writes the message itself, as before), and its
+-- answer says whether it left the message to its caller (message_left). Measured with a
+-- loop that applies batches of eight claims, then of eight steps (twice), then of eight
+-- ends, on one connection, three runs each: the backend's CPU per claim went from
+-- 195-223 us to 168-177 us.
 
 DROP FUNCTION turnstore_apply(turnstore_write[]);
 DROP FUNCTION turnstore_claim(bigint, text, text, text, text, text, text, double precision,
@@ -46,7 +54,8 @@ END $$;
 -- caller (only when the caller asked it to: p_write_message false).
 ALTER TYPE turnstore_claim_answer ADD ATTRIBUTE message_left boolean;
 
--- turnstore_claim of version 6, with p_write_message.
+-- turnstore_claim of version 3, with both changes: the next position read with ORDER BY
+-- ... LIMIT 1, and p_write_message.
 CREATE FUNCTION turnstore_claim(
     p_lock_key        bigint,
     p_conversation_id text,

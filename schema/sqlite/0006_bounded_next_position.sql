@@ -1,7 +1,0 @@
--- turnstore schema, version 6, SQLite: nothing to do.
---
--- On PostgreSQL this version makes the next-position read stop after one row whatever the
--- statistics (see postgres/0006_bounded_next_position.sql). SQLite answers
--- max(position) over an index with one seek (its min/max optimization), whatever the
--- statistics. The version exists here so that both dialects keep the same migration
--- history.

@@ -1,0 +1,8 @@
+-- turnstore schema, version 6, SQLite: nothing to do.
+--
+-- On PostgreSQL this version makes the next-position read stop after one row whatever the
+-- statistics, and writes the user messages of a batch's claims with one statement (see
+-- postgres/0006_cheaper_claims.sql). SQLite answers max(position) over an index with one
+-- seek (its min/max optimization), whatever the statistics, and prepares a statement once
+-- per connection and keeps it. The version exists here so that both dialects keep the
+-- same migration history.

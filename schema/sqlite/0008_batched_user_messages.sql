@@ -1,6 +1,0 @@
--- turnstore schema, version 8, SQLite: nothing to do.
---
--- On PostgreSQL this version writes the user messages of a batch's claims with one
--- statement (see postgres/0008_batched_user_messages.sql). SQLite prepares a statement
--- once per connection and keeps it; the version exists here so that both dialects keep
--- the same migration history.
