@@ -9,6 +9,13 @@ others wait for their answers. When the database is idle a batch holds one write
 what a lone write costs; under load batches grow by themselves, and the commits, round
 trips and socket writes per write fall.
 
+A write may *linger* (``submit(op, linger=seconds)``): it starts no batch of its own but
+rides in the next batch that another write starts, or leads one itself once ``linger``
+has passed. A claim on a conversation whose running turn lives in this process lingers:
+the turn's next write (its step, or its end) comes within moments, and the claim, which
+is going to queue behind that turn anyway, joins its batch instead of taking a round trip
+and a commit of its own on the conversation's critical path.
+
 Writes that would wait for each other in the database — two writes on one conversation
 take its lock — are never in flight at once (``conflict_key``): a write whose key is held
 by a running batch stays queued and rides in the next batch that starts after that one
@@ -38,10 +45,11 @@ ApplyBatch = Callable[[Sequence[Op]], Awaitable[Sequence[Result]]]
 
 
 class _Pending(Generic[Op, Result]):
-    __slots__ = ("done", "error", "op", "result", "wake")
+    __slots__ = ("done", "error", "lingering", "op", "result", "wake")
 
-    def __init__(self, op: Op) -> None:
+    def __init__(self, op: Op, lingering: bool) -> None:
         self.op = op
+        self.lingering = lingering  # rides in another's batch; leads none (yet)
         self.done = False
         self.result: Result | None = None
         self.error: BaseException | None = None
@@ -81,13 +89,18 @@ class GroupCommit(Generic[Op, Result]):
         self.batches = 0
         self.writes = 0
 
-    async def submit(self, op: Op) -> Result:
+    async def submit(self, op: Op, *, linger: float = 0.0) -> Result:
         """Apply ``op`` (with whatever else is waiting) and return its answer, or raise its
         error. Runs to the end even if the caller is cancelled: other callers' writes may
-        ride in the same batch."""
-        pending: _Pending[Op, Result] = _Pending(op)
+        ride in the same batch. With ``linger`` > 0 the write first waits up to that many
+        seconds for a batch started by another write, and rides in it."""
+        pending: _Pending[Op, Result] = _Pending(op, linger > 0)
         self._queue.append(pending)
         with anyio.CancelScope(shield=True):
+            if pending.lingering:
+                with anyio.move_on_after(linger):
+                    await pending.wake.wait()  # set only when its batch has answered
+                pending.lingering = False
             while not pending.done:
                 if self._running < self._max_concurrent and self._can_lead():
                     await self._lead()
@@ -99,13 +112,13 @@ class GroupCommit(Generic[Op, Result]):
         return pending.result  # type: ignore[return-value]
 
     def _can_lead(self) -> bool:
-        """Whether a batch could start now: some queued write conflicts with no running
-        batch."""
+        """Whether a batch could start now: some queued write that does not linger
+        conflicts with no running batch."""
         if not self._held:
-            return bool(self._queue)
+            return any(not p.lingering for p in self._queue)
         key = self._conflict_key
         assert key is not None
-        return any(key(p.op) not in self._held for p in self._queue)
+        return any(not p.lingering and key(p.op) not in self._held for p in self._queue)
 
     def _take_batch(self) -> list[_Pending[Op, Result]]:
         """The oldest queued writes, up to ``max_batch``, that conflict with no running
@@ -144,8 +157,12 @@ class GroupCommit(Generic[Op, Result]):
                 self._held[k] -= 1
                 if not self._held[k]:
                     del self._held[k]
-            if self._queue:  # hand the free slot to the oldest writer still waiting
-                self._queue[0].wake.set()
+            # hand the free slot to the oldest writer still waiting (lingering ones wait
+            # for a batch to ride in, or for their time to run out)
+            for waiting in self._queue:
+                if not waiting.lingering:
+                    waiting.wake.set()
+                    break
 
     async def _apply_all(self, batch: list[_Pending[Op, Result]]) -> None:
         self.batches += 1

@@ -288,7 +288,9 @@ class Turn:
             if write is not None:
                 self._committed(write)
             self.status = status
-        handed = ended.handed_to is not None and store.wakeups.handed_over(ended.handed_to)
+        handed = ended.handed_to is not None and store.wakeups.handed_over(
+            self.conversation_id, ended.handed_to
+        )
         store.wakeups.turn_ended(
             self.conversation_id,
             TurnOutcome(self.id, status, error, self.steps),

@@ -54,6 +54,8 @@ class LocalWakeups:
         # without ending leaves them when it is collected)
         self._running: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._holders: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        # conversations handed over to a waiter here whose Turn is not built yet: turn id
+        self._handed: dict[str, str] = {}
         self._waiting: dict[str, Waiter] = {}
         self._outcomes: OrderedDict[str, Any] = OrderedDict()
 
@@ -93,6 +95,10 @@ class LocalWakeups:
         finally:
             line.remove(waiter)
             del self._waiting[turn_id]
+            if self._handed.get(conversation_id) == turn_id:
+                # its Turn (which holds the conversation from now on) is built right after
+                # this, with no await between; or never, if the waiter gave up
+                del self._handed[conversation_id]
             if waiter.event.is_set() and waiter.handed is None and line:
                 line[0].event.set()  # pass an unused wake-up on
             if not line:
@@ -112,14 +118,15 @@ class LocalWakeups:
         if line:
             line[0].event.set()
 
-    def handed_over(self, started: ClaimRow) -> bool:
-        """The turn ``started.turn_id`` was handed the conversation (it is running, its
+    def handed_over(self, conversation_id: str, started: ClaimRow) -> bool:
+        """The turn ``started.turn_id`` was handed ``conversation_id`` (it is running, its
         message written): tell its submitter, and return True, if it waits here."""
         waiter = self._waiting.get(started.turn_id)
         if waiter is None:
             return False
         waiter.handed = started
         waiter.event.set()
+        self._handed[conversation_id] = started.turn_id
         return True
 
     # --- turns of this process ----------------------------------------------------------
@@ -128,6 +135,7 @@ class LocalWakeups:
         """``turn`` (a ``Turn``) runs in this process until ``turn_ended``."""
         self._running[turn.id] = turn
         self._holders[turn.conversation_id] = turn
+        self._handed.pop(turn.conversation_id, None)
 
     def lives_here(self, turn_id: str) -> bool:
         """The turn runs, or waits for its conversation, in this process: it will tell its
@@ -136,8 +144,10 @@ class LocalWakeups:
         return (turn is not None and turn.status == "running") or turn_id in self._waiting
 
     def held_here(self, conversation_id: str) -> bool:
-        """A turn of this process holds the conversation: it will hand it over (or wake the
-        line) when it ends."""
+        """A turn of this process holds the conversation (or was just handed it and is
+        starting): it will hand it over (or wake the line) when it ends."""
+        if conversation_id in self._handed:
+            return True
         turn = self._holders.get(conversation_id)
         return turn is not None and turn.status == "running"
 

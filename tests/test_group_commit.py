@@ -194,6 +194,52 @@ async def test_a_cancelled_caller_does_not_cut_its_batch_short() -> None:
     assert sorted(answers) == ["done:mine", "done:other"]  # it landed, and says so
 
 
+async def test_a_lingering_write_rides_in_the_next_batch_another_write_starts() -> None:
+    apply = Recorder(seconds=0)
+    commit = _commit(apply, max_concurrent=1)
+    answers: dict[str, str] = {}
+
+    async def send(op: str, linger: float = 0.0) -> None:
+        answers[op] = await commit.submit(op, linger=linger)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "rider", 30.0)
+        await anyio.sleep(0.05)
+        assert apply.batches == []  # it started no batch of its own
+        tg.start_soon(send, "leader")
+    assert answers == {"rider": "done:rider", "leader": "done:leader"}
+    assert apply.batches == [["rider", "leader"]]
+
+
+async def test_a_lingering_write_alone_is_applied_once_its_linger_has_passed() -> None:
+    apply = Recorder(seconds=0)
+    commit = _commit(apply)
+    started = anyio.current_time()
+    assert await commit.submit("alone", linger=0.1) == "done:alone"
+    assert anyio.current_time() - started >= 0.1
+    assert apply.batches == [["alone"]]
+
+
+async def test_a_lingering_write_is_not_handed_a_free_slot_it_would_use_alone() -> None:
+    """A lingering write queues behind a running batch. When that batch ends it keeps
+    lingering (no write to share a batch with yet) and rides with the next write sent."""
+    apply = Recorder(seconds=0.05)
+    commit = _commit(apply, max_concurrent=1)
+    answers: dict[str, str] = {}
+
+    async def send(op: str, linger: float = 0.0) -> None:
+        answers[op] = await commit.submit(op, linger=linger)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send, "first")
+        await anyio.sleep(0.01)
+        tg.start_soon(send, "rider", 30.0)
+        await anyio.sleep(0.1)  # "first" has ended
+        tg.start_soon(send, "late")
+    assert apply.batches == [["first"], ["rider", "late"]]
+    assert len(answers) == 3
+
+
 def test_limits_are_checked() -> None:
     with pytest.raises(ValueError):
         _commit(Recorder(), max_concurrent=0)

@@ -287,11 +287,13 @@ class Backend(ABC):
         return (0, 0)
 
     @abstractmethod
-    async def transaction(self, conversation_id: str, work: TxWork[T]) -> T:
+    async def transaction(self, conversation_id: str, work: TxWork[T], *, linger: float = 0.0) -> T:
         """Run ``await work(tx)`` in a write transaction that holds ``conversation_id``
         exclusively: committed if it returns, rolled back if it raises. ``work`` may await
         nothing but its ``tx`` (a backend may run it without an event loop) and may run
-        again after a rollback (keep its effects in the database)."""
+        again after a rollback (keep its effects in the database). A backend that batches
+        writes may hold it up to ``linger`` seconds to share another write's transaction
+        (see ``store.group_commit``)."""
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
@@ -318,9 +320,10 @@ class Backend(ABC):
         else ``'<status>:<steps>'`` of the turn, having written nothing."""
         return await self.transaction(step.conversation_id, lambda tx: commit_step_in(tx, step))
 
-    async def claim_fast(self, request: ClaimRequest) -> ClaimRow | None:
+    async def claim_fast(self, request: ClaimRequest, *, linger: float = 0.0) -> ClaimRow | None:
         """Take the whole claim decision in one round trip, if the backend can; None means
-        "use the general path" (``store.claim``), which every backend supports."""
+        "use the general path" (``store.claim``), which every backend supports. ``linger``:
+        as in ``transaction``."""
         return None
 
     async def end_turn(self, end: TurnEnd, hand_over: HandOver) -> Ended:

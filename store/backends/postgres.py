@@ -160,7 +160,8 @@ class PostgresBackend(Backend):
     def write_batches(self) -> tuple[int, int]:
         return self._writes.batches, self._writes.writes
 
-    async def transaction(self, conversation_id: str, work: TxWork[T]) -> T:
+    async def transaction(self, conversation_id: str, work: TxWork[T], *, linger: float = 0.0) -> T:
+        # The general path (rare: recovery, polls, checkpoints) is not batched: no linger.
         async with self.engine.begin() as conn:
             tx = EngineTx(conn, self.statements)
             await tx.scalar("lock_conversation", lock_key=self.lock_key(conversation_id))
@@ -179,8 +180,9 @@ class PostgresBackend(Backend):
     async def commit_step(self, step: StepWrite) -> str | None:
         return (await self._writes.submit(step))[1]  # type: ignore[no-any-return]
 
-    async def claim_fast(self, request: ClaimRequest) -> ClaimRow | None:
-        _, decision, turn_id, status, epoch, next_position = await self._writes.submit(request)
+    async def claim_fast(self, request: ClaimRequest, *, linger: float = 0.0) -> ClaimRow | None:
+        answer = await self._writes.submit(request, linger=linger)
+        _, decision, turn_id, status, epoch, next_position = answer
         return ClaimRow(decision, turn_id, status, epoch, next_position)
 
     async def end_turn(self, end: TurnEnd, hand_over: HandOver) -> Ended:

@@ -152,8 +152,8 @@ class SqliteBackend(Backend):
     def write_batches(self) -> tuple[int, int]:
         return self._writes.batches, self._writes.writes
 
-    async def transaction(self, conversation_id: str, work: TxWork[T]) -> T:
-        return await self._writes.submit(work)  # type: ignore[no-any-return]
+    async def transaction(self, conversation_id: str, work: TxWork[T], *, linger: float = 0.0) -> T:
+        return await self._writes.submit(work, linger=linger)  # type: ignore[no-any-return]
 
     async def _apply(self, batch: Sequence[TxWork[Any]]) -> list[Any]:
         return await anyio.to_thread.run_sync(self._apply_in_thread, batch, limiter=self._thread)

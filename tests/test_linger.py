@@ -1,0 +1,118 @@
+"""A submit on a conversation that a turn of this process holds will queue behind that turn:
+it lingers, and rides in the holder's next write (one transaction and one round trip for
+both) instead of taking a transaction of its own on the conversation's critical path. It
+lingers only a bounded time, and never when the caller asked not to wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from store import ConversationBusy, Store, claim
+
+from .helpers import assert_clean, step
+
+
+def _since(store: Store, before: tuple[int, int]) -> tuple[int, int]:
+    """(batches, writes) sent since ``before``."""
+    batches, writes = store.backend.write_batches()
+    return batches - before[0], writes - before[1]
+
+
+@pytest.fixture
+def long_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    # long enough that only the holder's write can have sent the lingering claim
+    monkeypatch.setattr(claim, "CLAIM_LINGER_SECONDS", 30.0)
+
+
+@pytest.mark.usefixtures("long_linger")
+async def test_a_submit_behind_a_local_turn_rides_in_that_turns_next_step(store: Store) -> None:
+    first = await store.begin_turn("c", "first")
+    before = store.backend.write_batches()
+    queued: list[Any] = []
+    async with anyio.create_task_group() as tg:
+
+        async def submit() -> None:
+            queued.append(await store.begin_turn("c", "second", timeout=60))
+
+        tg.start_soon(submit)
+        await anyio.sleep(0.2)
+        assert _since(store, before) == (0, 0)  # the second submit has sent nothing yet
+        await first.commit_step(*step("s1"))
+        assert _since(store, before) == (1, 2)  # its claim rode with the step
+        await first.finish()  # hands the conversation over to the second
+    (second,) = queued
+    assert not second.duplicate and second.status == "running"
+    await second.commit_step(*step("s2"))
+    await second.finish()
+    assert [m.text for m in await store.history("c") if m.role == "user"] == ["first", "second"]
+    await assert_clean(store)
+
+
+@pytest.mark.usefixtures("long_linger")
+async def test_the_next_submit_of_a_handed_over_conversation_rides_with_its_new_turn(
+    store: Store,
+) -> None:
+    """The turn that ends hands the conversation to a waiter here, whose Turn is not built
+    yet; a submit sent at that very moment (the finisher's next one) still lingers, and
+    rides in the new turn's first step."""
+    first = await store.begin_turn("c", "first")
+    handed: list[Any] = []
+    started = anyio.Event()
+    third: list[Any] = []
+    async with anyio.create_task_group() as tg:
+
+        async def wait_in_line() -> None:
+            handed.append(await store.begin_turn("c", "second", timeout=60))
+            started.set()
+
+        async def finish_then_submit() -> None:
+            await first.finish()  # hands over to "second"; no await before the next submit
+            third.append(await store.begin_turn("c", "third", timeout=60))
+
+        tg.start_soon(wait_in_line)
+        await anyio.sleep(0.2)
+        await first.commit_step(*step("s1"))  # "second" rides with it: it waits in line
+        before = store.backend.write_batches()
+        tg.start_soon(finish_then_submit)
+        with anyio.fail_after(10):
+            await started.wait()
+        await anyio.sleep(0.2)
+        assert _since(store, before) == (1, 1)  # the end; "third" lingers
+        (second,) = handed
+        await second.commit_step(*step("s2"))
+        assert _since(store, before) == (2, 3)  # "third" rode with the step
+        await second.finish()
+    assert [t.status for t in third] == ["running"]
+    await third[0].finish()
+    assert [m.text for m in await store.history("c") if m.role == "user"] == [
+        "first", "second", "third",
+    ]  # fmt: skip
+    await assert_clean(store)
+
+
+async def test_a_lingering_submit_goes_alone_when_its_linger_runs_out(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(claim, "CLAIM_LINGER_SECONDS", 0.2)
+    first = await store.begin_turn("c", "first")  # runs, and writes nothing more for now
+    before = store.backend.write_batches()
+    started = anyio.current_time()
+    with pytest.raises(ConversationBusy):
+        await store.begin_turn("c", "second", timeout=0.5)
+    assert anyio.current_time() - started >= 0.2
+    batches, writes = _since(store, before)
+    assert writes >= 2 and batches == writes  # its claim went alone, then it gave up alone
+    await first.finish()
+    await assert_clean(store)
+
+
+@pytest.mark.usefixtures("long_linger")
+async def test_a_submit_that_may_not_wait_is_refused_at_once(store: Store) -> None:
+    first = await store.begin_turn("c", "first")
+    with anyio.fail_after(5):  # not after the linger
+        with pytest.raises(ConversationBusy):
+            await store.begin_turn("c", "second", on_busy="fail")
+    await first.finish()
