@@ -13,7 +13,7 @@ import pytest
 
 from store import Store
 from store.backends.base import Tx
-from store.backends.sqlite import SqliteBackend
+from store.backends.sqlite import SqliteBackend, _enter_wal
 from store.backends.sqlite_checkpoint import BACKSTOP_PAGES, EVERY_COMMITS, Checkpointer
 
 from .conftest import Target
@@ -122,3 +122,40 @@ async def test_a_failing_checkpoint_is_kept_and_the_thread_goes_on(tmp_path: Pat
     finally:
         checkpointer.close()
     assert checkpointer._thread is None
+
+
+class _LockedFor:
+    """An ``execute`` whose WAL switch finds the database locked ``times`` times."""
+
+    def __init__(self, times: int, error: str = "database is locked") -> None:
+        self.times = times
+        self.error = error
+        self.calls = 0
+
+    def __call__(self, statement: str) -> None:
+        assert statement == "PRAGMA journal_mode = WAL"
+        self.calls += 1
+        if self.calls <= self.times:
+            raise sqlite3.OperationalError(self.error)
+
+
+def test_the_switch_to_wal_is_retried_while_another_connection_holds_the_lock() -> None:
+    """Connections opening a new database file at once race to switch it to WAL; SQLite
+    tells the loser "database is locked" at once, without its busy timeout."""
+    execute = _LockedFor(3)
+    _enter_wal(execute, busy_timeout=5)
+    assert execute.calls == 4
+
+
+def test_the_switch_to_wal_gives_up_after_the_busy_timeout() -> None:
+    execute = _LockedFor(10**6)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _enter_wal(execute, busy_timeout=0.05)
+    assert execute.calls > 1
+
+
+def test_the_switch_to_wal_does_not_retry_other_errors() -> None:
+    execute = _LockedFor(1, error="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk"):
+        _enter_wal(execute, busy_timeout=5)
+    assert execute.calls == 1

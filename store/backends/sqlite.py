@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from collections import namedtuple
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,13 +43,31 @@ CREATE TABLE IF NOT EXISTS turnstore_migrations (
 )"""
 
 
-def _pragmas(synchronous: str, busy_timeout: float) -> list[str]:
-    return [
-        "PRAGMA journal_mode = WAL",
-        f"PRAGMA synchronous = {synchronous}",
-        "PRAGMA foreign_keys = ON",
-        f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}",
-    ]
+def _configure(execute: Callable[[str], Any], synchronous: str, busy_timeout: float) -> None:
+    """Set up a new connection: the busy timeout, WAL, durability, foreign keys."""
+    execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    _enter_wal(execute, busy_timeout)
+    execute(f"PRAGMA synchronous = {synchronous}")
+    execute("PRAGMA foreign_keys = ON")
+
+
+def _enter_wal(execute: Callable[[str], Any], busy_timeout: float) -> None:
+    """``PRAGMA journal_mode = WAL``, retried for up to ``busy_timeout`` seconds. On a new
+    database file, connections opened at the same moment (two processes starting) each try
+    to switch it; one that would deadlock waiting for the lock the switch needs is told
+    "database is locked" at once, not after its busy timeout. Once the file is in WAL mode
+    the pragma is a no-op."""
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:
+            if "database is locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def create_engine(url: URL, busy_timeout: float, synchronous: str, pool_size: int) -> AsyncEngine:
@@ -64,8 +83,7 @@ def create_engine(url: URL, busy_timeout: float, synchronous: str, pool_size: in
         # Let SQLAlchemy's "begin" event below decide how each transaction begins.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        for pragma in _pragmas(synchronous, busy_timeout):
-            cursor.execute(pragma)
+        _configure(cursor.execute, synchronous, busy_timeout)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -182,8 +200,7 @@ class SqliteBackend(Backend):
                 check_same_thread=False,  # used by one worker thread at a time
             )
             conn.row_factory = _named_row
-            for pragma in _pragmas(self._synchronous, self._busy_timeout):
-                conn.execute(pragma)
+            _configure(conn.execute, self._synchronous, self._busy_timeout)
             if self._checkpointer is not None:  # the checkpointer thread does it
                 conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
             self._conn = conn
