@@ -89,22 +89,38 @@ class Driver:
             key = f"req-{rng.getrandbits(64):016x}" if self.adapter.supports_idempotency else None
             if rng.random() < p.double_submit:
                 self.stats.double_submits += 1
+                pair = [0, 0]  # steps each copy committed in the window
                 async with anyio.create_task_group() as tg:
-                    for _ in range(2):
+                    for copy in range(2):
                         tg.start_soon(
-                            self._turn, random.Random(rng.getrandbits(64)), conv, text, key
+                            self._turn,
+                            random.Random(rng.getrandbits(64)),
+                            conv,
+                            text,
+                            key,
+                            (pair, copy),
                         )
+                # a system that ran both copies did the steps of the lesser one twice
+                self.stats.duplicated_steps_in_window += min(pair)
             else:
                 await self._turn(rng, conv, text, key)
 
-    async def _turn(self, rng: random.Random, conv: str, text: str, key: str | None) -> None:
+    async def _turn(
+        self,
+        rng: random.Random,
+        conv: str,
+        text: str,
+        key: str | None,
+        copy: tuple[list[int], int] | None = None,
+    ) -> None:
+        """One turn; ``copy``: the tally of a double submit and which of its copies this is."""
         p, st = self.params, self.stats
         cut_step = rng.randrange(p.steps) if p.steps and rng.random() < p.interrupt else -1
         cut_at = rng.random()
         turn = await self._begin(conv, text, key)
         if turn is None:
             return
-        where = _Cursor()
+        where = _Cursor(copy=copy)
         finished = False
         try:
             with anyio.CancelScope() as scope:
@@ -181,7 +197,7 @@ class Driver:
             where, a.commit_step(turn, plan.assistant_text, plan.calls, plan.results)
         )
         where.partial = None
-        self._step_committed(conv, plan, write_s)
+        self._step_committed(conv, plan, write_s, where)
         if cut is not None:
             # the cut point fell after the commit (or inside a write the system shields)
             where.phase = "between steps"
@@ -201,11 +217,14 @@ class Driver:
         think = self.params.think_ms / 1000.0
         return think + max(plan.tool_seconds, default=0.0) + self._write_s
 
-    def _step_committed(self, conv: str, plan: StepPlan, write_s: float) -> None:
+    def _step_committed(self, conv: str, plan: StepPlan, write_s: float, where: _Cursor) -> None:
         st = self.stats
         st.steps_committed += 1
         if anyio.current_time() < self._deadline:
             st.steps_in_window += 1
+            if where.copy is not None:
+                tally, copy = where.copy
+                tally[copy] += 1
         st.step_ms.append(write_s * 1000.0)
         st.ledger.committed_steps.append((conv, plan.token))
         self._write_s += (write_s - self._write_s) * 0.05
@@ -217,6 +236,7 @@ class _Cursor:
 
     phase: str = "model"
     partial: PartialStep | None = None
+    copy: tuple[list[int], int] | None = None  # a double submit's tally, and which copy
 
 
 async def _timed(where: _Cursor, write: Awaitable[None]) -> float:

@@ -18,6 +18,9 @@ class RunStats:
 
     duration: float = 0.0  # the timed window, seconds
     steps_in_window: int = 0  # steps committed before the deadline (the rate's numerator)
+    # of those, steps a double submit made twice: the lesser copy's, when both copies ran
+    # (a system with idempotent submits runs one, and this stays 0)
+    duplicated_steps_in_window: int = 0
     turns_in_window: int = 0
     steps_committed: int = 0  # all steps committed, drain included
     turns_committed: int = 0

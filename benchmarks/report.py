@@ -28,13 +28,21 @@ SHORT = {
 
 def report_json(report: BenchReport) -> dict[str, Any]:
     """``{"params", "machine", "systems"}``, plus ``"cpu_us_per_step"`` ({system: {"process",
-    "database"}}) and ``"sweep"`` ({W: systems}) with --sweep."""
+    "database"}}), ``"unique_steps"`` ({system: {"steps_per_s", "ratio_to_raw"}}: without
+    the steps a double submit made twice) and ``"sweep"`` ({W: systems}) with --sweep."""
     out: dict[str, Any] = {
         "params": report.params_json(),
         "machine": report.machine,
         "systems": {name: r.json_entry() for name, r in report.main.items()},
     }
     out["cpu_us_per_step"] = {name: r.cpu_us_per_step for name, r in report.main.items()}
+    out["unique_steps"] = {
+        name: {
+            "steps_per_s": round(r.unique_steps_per_s, 3),
+            "ratio_to_raw": round(r.unique_ratio_to_raw, 3),
+        }
+        for name, r in report.main.items()
+    }
     if report.config.sweep:
         out["sweep"] = {
             str(w): {name: r.json_entry() for name, r in group.items()}
@@ -66,6 +74,7 @@ def results_table(title: str, results: dict[str, SystemResult]) -> Table:
         t.add_column(col, justify="left" if col == "system" else "right")
     t.add_column("violations")
     t.add_column("× raw", justify="right")
+    t.add_column("unique\n× raw", justify="right")
     for name, r in results.items():
         t.add_row(
             name,
@@ -77,6 +86,7 @@ def results_table(title: str, results: dict[str, SystemResult]) -> Table:
             f"{r.peak_rss_mb:.0f}",
             violations_text(r.violations),
             f"{r.ratio_to_raw:.2f}" if r.ratio_to_raw else "-",
+            f"{r.unique_ratio_to_raw:.2f}" if r.unique_ratio_to_raw else "-",
         )
     return t
 
@@ -84,7 +94,10 @@ def results_table(title: str, results: dict[str, SystemResult]) -> Table:
 def details_table(results: dict[str, SystemResult]) -> Table:
     """Counts behind the rates: what the driver did and what went wrong on the way."""
     t = Table(title="details", title_justify="left")
-    for col in ("system", "steps", "turns", "double submits", "dup refused", "interrupts"):
+    for col in (
+        "system", "steps", "steps done twice", "turns", "double submits", "dup refused",
+        "interrupts",
+    ):  # fmt: skip
         t.add_column(col, justify="left" if col == "system" else "right")
     t.add_column("CPU µs/step\nprocess + db", justify="right")
     t.add_column("errors / notes")
@@ -97,6 +110,7 @@ def details_table(results: dict[str, SystemResult]) -> Table:
         t.add_row(
             name,
             str(c.get("steps committed", 0)),
+            str(c.get("steps done twice", 0)),
             f"{c.get('turns committed', 0)}/{c.get('turns started', 0)}",
             str(c.get("double submits", 0)),
             str(c.get("duplicates refused", 0)),
@@ -125,6 +139,10 @@ def print_report(report: BenchReport, console: Console) -> None:
     for w, group in sorted(report.results.items()):
         title = head if not report.config.sweep else f"{head}  [sweep: W={w}]"
         console.print(results_table(title, group))
+    console.print(
+        "unique × raw: the ratio of steps/s without the steps that a double submit made "
+        "twice (details: steps done twice); systems without idempotent submits run both copies"
+    )
     console.print(details_table(report.main))
     for method in report.params_json()["rss_method"]:
         console.print(f"peak RSS: {method}")

@@ -116,6 +116,11 @@ def run_benchmark(config: BenchConfig, console: Console) -> BenchReport:
         base = group.get(BASELINE)
         for r in group.values():
             r.ratio_to_raw = r.steps_per_s / base.steps_per_s if base and base.steps_per_s else 0.0
+            r.unique_ratio_to_raw = (
+                r.unique_steps_per_s / base.unique_steps_per_s
+                if base and base.unique_steps_per_s
+                else 0.0
+            )
     return report
 
 

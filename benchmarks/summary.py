@@ -22,9 +22,10 @@ def table(path: Path) -> str:
         head,
         "",
         "| system | steps/s | turns/s | p50 ms | p99 ms | p99 lock wait ms | peak RSS MB "
-        "| violations | × raw |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| violations | × raw | unique × raw |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
+    unique = data.get("unique_steps", {})
     unmeasured = set(p.get("lock_wait_unmeasured") or ())
     for name, s in data["systems"].items():
         bad = ", ".join(f"{k} {v}" for k, v in s["violations"].items() if v) or "0"
@@ -32,9 +33,13 @@ def table(path: Path) -> str:
         lines.append(
             f"| {name} | {s['steps_per_s']:.0f} | {s['turns_per_s']:.0f} | {s['p50_ms']:.1f} "
             f"| {s['p99_ms']:.1f} | {lock} | {s['peak_rss_mb']:.0f} | {bad} "
-            f"| {s['ratio_to_raw']:.2f} |"
+            f"| {s['ratio_to_raw']:.2f} | {_ratio(unique.get(name))} |"
         )
     return "\n".join(lines)
+
+
+def _ratio(entry: dict[str, float] | None) -> str:
+    return f"{entry['ratio_to_raw']:.2f}" if entry else "-"
 
 
 def main(argv: list[str] | None = None) -> int:

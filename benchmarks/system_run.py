@@ -37,6 +37,10 @@ class SystemResult:
     rss_method: str = ""
     violations: dict[str, int] = field(default_factory=dict)
     ratio_to_raw: float = 0.0
+    #: steps/s without the steps that a double submit made twice (a system that runs both
+    #: copies of a double-submitted turn does its work twice: that is the bug, not output)
+    unique_steps_per_s: float = 0.0
+    unique_ratio_to_raw: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
     interrupts: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
@@ -127,6 +131,7 @@ async def run_system(
             await adapter.teardown()
 
     result.steps_per_s = stats.rate(stats.steps_in_window)
+    result.unique_steps_per_s = stats.rate(stats.steps_in_window - stats.duplicated_steps_in_window)
     result.turns_per_s = stats.rate(stats.turns_in_window)
     result.p50_ms = percentile(stats.step_ms, 50)
     result.p99_ms = percentile(stats.step_ms, 99)
@@ -138,6 +143,7 @@ async def run_system(
             "turns committed": stats.turns_committed,
             "turns started": stats.turns_started,
             "double submits": stats.double_submits,
+            "steps done twice": stats.duplicated_steps_in_window,
             "duplicates refused": stats.duplicates_refused,
             "busy refused": stats.busy_refused,
         }

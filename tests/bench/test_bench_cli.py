@@ -35,7 +35,9 @@ def test_postgres_run_in_child_processes_writes_json_and_chart(
                "--json", str(out), "--chart", str(chart)])  # fmt: skip
     assert rc == 0
     data = json.loads(out.read_text())
-    assert set(data) == {"params", "machine", "systems", "cpu_us_per_step"}
+    assert set(data) == {"params", "machine", "systems", "cpu_us_per_step", "unique_steps"}
+    assert set(data["unique_steps"]) == {"raw", "naive"}
+    assert data["unique_steps"]["raw"]["ratio_to_raw"] == 1.0
     assert list(data["systems"]) == ["raw", "naive"]
     for cpu in data["cpu_us_per_step"].values():  # client and server CPU time, both > 0
         assert set(cpu) == {"process", "database"} and min(cpu.values()) > 0

@@ -48,6 +48,14 @@ def assert_sane(r: SystemResult, params: WorkloadParams) -> None:
     # a prompt can only be stored twice by a double submit
     assert r.violations["duplicate_user_messages"] <= r.counts["double submits"]
     assert not r.errors or r.name == "naive", r.errors
+    # a system with idempotent submits runs one copy of a double-submitted turn; the others
+    # run both, and the steps of the lesser copy do not count as unique
+    twice = r.counts["steps done twice"]
+    if r.name == "store":
+        assert twice == 0 and r.unique_steps_per_s == r.steps_per_s
+    elif r.name in ("raw", "raw-locked") and params.double_submit:
+        assert twice > 0 and r.unique_steps_per_s < r.steps_per_s
+    assert r.unique_steps_per_s <= r.steps_per_s
 
 
 @pytest.mark.parametrize("system", ["store", "raw", "raw-locked", "naive", "agents-sdk"])
