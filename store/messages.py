@@ -111,28 +111,58 @@ def _check_json_value(value: Any, where: str) -> None:
     stack: list[Any] = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        kind = type(item)  # the exact types first: the walk runs on every payload
+        if kind is str:
             if "\x00" in item:
                 raise InvalidMessage(f"{where}: strings may not contain NUL characters")
-        elif isinstance(item, Mapping):
+        elif kind is dict:
             for key, sub in item.items():
-                if not isinstance(key, str):
-                    raise InvalidMessage(f"{where}: object keys must be strings, got {key!r}")
+                if type(key) is not str:
+                    _check_key(key, where)
                 if "\x00" in key:
                     raise InvalidMessage(f"{where}: strings may not contain NUL characters")
-                stack.append(sub)
-        elif isinstance(item, list | tuple):
+                if type(sub) is str:
+                    if "\x00" in sub:
+                        raise InvalidMessage(f"{where}: strings may not contain NUL characters")
+                else:
+                    stack.append(sub)
+        elif kind is list or kind is tuple:
             stack.extend(item)
-        elif isinstance(item, bool) or item is None or isinstance(item, int):
+        elif kind is int or kind is bool or item is None:
             continue
-        elif isinstance(item, float):
-            if item != item or item in (float("inf"), float("-inf")):
-                raise InvalidMessage(f"{where}: NaN and infinity are not JSON")
         else:
-            raise InvalidMessage(
-                f"{where}: {type(item).__name__} is not JSON-serialisable "
-                "(use str, int, float, bool, None, list or dict)"
-            )
+            _check_other(item, stack, where)
+
+
+def _check_key(key: Any, where: str) -> None:
+    if not isinstance(key, str):
+        raise InvalidMessage(f"{where}: object keys must be strings, got {key!r}")
+
+
+def _check_other(item: Any, stack: list[Any], where: str) -> None:
+    """The types ``_check_json_value`` does not check by their exact type: floats, and
+    subclasses of str, int, dict, list and tuple (or other mappings)."""
+    if isinstance(item, str):
+        if "\x00" in item:
+            raise InvalidMessage(f"{where}: strings may not contain NUL characters")
+    elif isinstance(item, Mapping):
+        for key, sub in item.items():
+            _check_key(key, where)
+            if "\x00" in key:
+                raise InvalidMessage(f"{where}: strings may not contain NUL characters")
+            stack.append(sub)
+    elif isinstance(item, list | tuple):
+        stack.extend(item)
+    elif isinstance(item, int):  # bool too
+        return
+    elif isinstance(item, float):
+        if item != item or item in (float("inf"), float("-inf")):
+            raise InvalidMessage(f"{where}: NaN and infinity are not JSON")
+    else:
+        raise InvalidMessage(
+            f"{where}: {type(item).__name__} is not JSON-serialisable "
+            "(use str, int, float, bool, None, list or dict)"
+        )
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from store import AssistantMessage, InvalidMessage, Limits, Store, StoreConfig, ToolCall, ToolResult
+from store.messages import encode_json
 from store.turn import Turn
 
 from .conftest import Target
@@ -143,3 +144,39 @@ async def test_bad_event_in_a_step_block_fails_where_it_is_given(small_store: St
             s.tool_result("nope", "r")
     assert await count_rows(small_store) == before
     assert turn.status == "running"
+
+
+class _Text(str):
+    pass
+
+
+class _Object(dict[str, Any]):
+    pass
+
+
+NOT_JSON: dict[str, Any] = {
+    "NUL in a value": {"html": "a\x00b"},
+    "NUL in a key": {"a\x00": 1},
+    "NUL deep in a list": {"rows": [[{"cell": "\x00"}]]},
+    "NUL in a str subclass": {"html": _Text("\x00")},
+    "NUL in a dict subclass": _Object(html="\x00"),
+    "non-string key": {1: "one"},
+    "non-string key in a dict subclass": _Object({2: "two"}),
+    "NaN": {"x": [float("nan")]},
+    "infinity": {"x": float("-inf")},
+    "a set": {"x": {1, 2}},
+    "bytes": {"x": b"raw"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_JSON))
+def test_what_json_cannot_hold_is_refused(case: str) -> None:
+    with pytest.raises(InvalidMessage):
+        encode_json(NOT_JSON[case], "arguments", Limits())
+
+
+def test_json_values_of_every_kind_and_subclass_pass() -> None:
+    value = {"s": _Text("ok"), "d": _Object(n=None), "l": [1, 2.5, True, ("t",)]}
+    assert encode_json(value, "arguments", Limits()) == (
+        '{"s":"ok","d":{"n":null},"l":[1,2.5,true,["t"]]}'
+    )
