@@ -113,17 +113,28 @@ class Turn:
         self._check_writable()
         return StepBuffer(self)
 
-    async def finish(self, final_message: AssistantMessage | str | None = None) -> None:
-        """End the turn successfully, committing ``final_message`` (a last assistant message,
-        usually without tool calls) in the same transaction."""
+    async def finish(
+        self,
+        final_message: AssistantMessage | str | None = None,
+        results: Sequence[ToolResult] = (),
+    ) -> None:
+        """End the turn successfully. With ``final_message``, commit it as the turn's last
+        step in the same transaction: usually the model's answer without tool calls, or a
+        step whose calls end the turn (a terminal tool), with one of ``results`` per call
+        as in ``commit_step``. One transaction and one round trip for both."""
         self._check_writable()
         encoded = None
         if final_message is not None:
             if isinstance(final_message, str):
                 final_message = AssistantMessage(content=final_message)
             encoded = encode_step(
-                final_message, (), self._store.limits, known_call_ids=frozenset(self._call_ids)
+                final_message,
+                results,
+                self._store.limits,
+                known_call_ids=frozenset(self._call_ids),
             )
+        elif results:
+            raise InvalidMessage("results without a final message: which calls do they answer?")
         await self._end("finished", None, encoded)
 
     async def fail(self, reason: str) -> None:

@@ -51,6 +51,50 @@ async def test_a_turn_writes_user_message_steps_and_final_answer(store: Store) -
     await assert_clean(store)
 
 
+async def test_finish_commits_a_last_step_with_tool_calls_and_ends_in_one_write(
+    store: Store,
+) -> None:
+    """A step whose calls end the turn (a terminal tool) and the end: one transaction."""
+    turn = await store.begin_turn("c", "publish the page")
+    await turn.commit_step(*step("a", 1))
+    before = store.backend.write_batches()
+    message, results = step("last", 2)
+    await turn.finish(message, list(reversed(results)))
+    batches, writes = (a - b for a, b in zip(store.backend.write_batches(), before, strict=True))
+    assert (batches, writes) == (1, 1)
+    info = await store.turn_status(turn.id)
+    assert (info.status, info.steps, turn.steps) == ("finished", 2, 2)
+    history = await store.history("c")
+    assert [(m.role, m.step, m.tool_call_id) for m in history[-3:]] == [
+        ("assistant", 2, None),
+        ("tool", 2, "last_0"),
+        ("tool", 2, "last_1"),
+    ]
+    assert (await store.replay("c", "openai-chat"))[1] == []  # nothing to repair
+    await assert_clean(store)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["a call without its result", "a result without its message", "a call id used before"],
+)
+async def test_a_bad_last_step_is_refused_and_the_turn_still_runs(store: Store, bad: str) -> None:
+    turn = await store.begin_turn("c", "publish the page")
+    await turn.commit_step(*step("a", 1))
+    message, results = step("last", 2)
+    with pytest.raises(InvalidMessage):
+        if bad == "a call without its result":
+            await turn.finish(message, results[:1])
+        elif bad == "a result without its message":
+            await turn.finish(None, results)
+        else:
+            await turn.finish(*step("a", 1))
+    assert turn.status == "running" and len(await store.history("c")) == 3
+    await turn.finish(message, results)
+    assert (await store.turn_status(turn.id)).status == "finished"
+    await assert_clean(store)
+
+
 async def test_results_are_stored_in_call_order_whatever_order_they_came_in(store: Store) -> None:
     turn = await store.begin_turn("c", "go")
     calls = [ToolCall("x", "t", {}), ToolCall("y", "t", {}), ToolCall("z", "t", {})]

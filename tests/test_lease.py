@@ -41,6 +41,26 @@ async def test_a_stalled_writer_loses_to_a_new_turn_and_its_late_write_is_refuse
         await store.close()
 
 
+async def test_a_late_last_step_with_tool_calls_is_refused_by_the_fence(
+    target: Target,
+) -> None:
+    """The end that carries a step with calls is fenced in the database like a step."""
+    store = await target.open(config=SHORT)
+    try:
+        stalled = await store.begin_turn("c", "first")
+        with anyio.fail_after(5):
+            successor = await store.begin_turn("c", "second")
+        before = await count_rows(store)
+        with pytest.raises(LeaseLost):
+            await stalled.finish(*step("late"))  # its first write since it stalled
+        assert await count_rows(store) == before
+        await successor.finish(*step("b"))
+        assert (await store.turn_status(successor.id)).status == "finished"
+        await assert_clean(store)
+    finally:
+        await store.close()
+
+
 async def test_a_second_store_cannot_take_a_live_lease(target: Target) -> None:
     first_store = await target.open(config=SHORT)
     second_store = await target.open(config=SHORT)
