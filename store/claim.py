@@ -118,12 +118,16 @@ async def begin_turn(
         if earlier is not None and earlier.content_hash == submit.content_hash:
             await earlier.decided.wait()
             decision = earlier.duplicate
-    if decision is None:
-        with store.wakeups.submitting(conversation_id, idempotency_key, submit.content_hash) as f:
-            decision = await _decide(store, submit, f"turn_{uuid.uuid4().hex}", on_busy, first=True)
-            f.duplicate = _as_duplicate(decision)
-    if isinstance(decision, Queued):
-        decision = await _wait_in_queue(store, submit, decision.turn_id, started + timeout)
+    turn_id = f"turn_{uuid.uuid4().hex}"
+    with store.wakeups.deciding(turn_id):
+        if decision is None:
+            with store.wakeups.submitting(
+                conversation_id, idempotency_key, submit.content_hash
+            ) as f:
+                decision = await _decide(store, submit, turn_id, on_busy, first=True)
+                f.duplicate = _as_duplicate(decision)
+        if isinstance(decision, Queued):
+            decision = await _wait_in_queue(store, submit, decision.turn_id, started + timeout)
     if isinstance(decision, Busy):
         raise ConversationBusy(conversation_id, waited=anyio.current_time() - started)
     if isinstance(decision, Duplicate):

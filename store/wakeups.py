@@ -57,6 +57,10 @@ class LocalWakeups:
         # conversations handed over to a waiter here whose Turn is not built yet: turn id
         self._handed: dict[str, str] = {}
         self._waiting: dict[str, Waiter] = {}
+        # turns whose first claim this process is deciding, and those of them handed the
+        # conversation before their submitter joined the line (it picks the hand-over up)
+        self._deciding: set[str] = set()
+        self._handed_early: dict[str, ClaimRow] = {}
         self._outcomes: OrderedDict[str, Any] = OrderedDict()
 
     # --- submits being decided ----------------------------------------------------------
@@ -81,12 +85,30 @@ class LocalWakeups:
                 del self._flights[slot]
             flight.decided.set()
 
+    @contextmanager
+    def deciding(self, turn_id: str) -> Iterator[None]:
+        """The first claim of ``turn_id`` is in flight here, until its submitter has the
+        turn, or has given up. A claim answered 'queued' in the same transaction as the
+        end that then hands the conversation to it (SQLite applies a batch's writes in the
+        order they were sent) is handed over before its submitter joins the line: the
+        hand-over is kept for it, so it needs no poll to learn it."""
+        self._deciding.add(turn_id)
+        try:
+            yield
+        finally:
+            self._deciding.discard(turn_id)
+            self._handed_early.pop(turn_id, None)
+
     # --- submits waiting for a conversation -----------------------------------------------
 
     @contextmanager
     def queued(self, conversation_id: str, turn_id: str) -> Iterator[Waiter]:
         """Join this process's first-come-first-served line for a conversation."""
         waiter = Waiter(turn_id)
+        early = self._handed_early.pop(turn_id, None)
+        if early is not None:
+            waiter.handed = early
+            waiter.event.set()
         line = self._queues.setdefault(conversation_id, deque())
         line.append(waiter)
         self._waiting[turn_id] = waiter
@@ -123,7 +145,11 @@ class LocalWakeups:
         message written): tell its submitter, and return True, if it waits here."""
         waiter = self._waiting.get(started.turn_id)
         if waiter is None:
-            return False
+            if started.turn_id not in self._deciding:
+                return False
+            self._handed_early[started.turn_id] = started  # see ``deciding``
+            self._handed[conversation_id] = started.turn_id
+            return True
         waiter.handed = started
         waiter.event.set()
         self._handed[conversation_id] = started.turn_id

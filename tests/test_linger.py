@@ -10,9 +10,12 @@ from typing import Any
 import anyio
 import pytest
 
-from store import ConversationBusy, Store, claim
+from store import ConversationBusy, Store, StoreConfig, claim
 
+from .conftest import Target
 from .helpers import assert_clean, step
+
+SLOW_POLLS = StoreConfig(lease_seconds=30, poll_min_seconds=3, poll_max_seconds=3)
 
 
 def _since(store: Store, before: tuple[int, int]) -> tuple[int, int]:
@@ -116,3 +119,37 @@ async def test_a_submit_that_may_not_wait_is_refused_at_once(store: Store) -> No
         with pytest.raises(ConversationBusy):
             await store.begin_turn("c", "second", on_busy="fail")
     await first.finish()
+
+
+async def test_a_submit_that_rides_with_the_holders_end_gets_the_turn_without_a_poll(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lingering claim and the end share a transaction. On SQLite the claim runs first
+    (it queues) and the end hands the conversation to it before its submitter joins the
+    line; on PostgreSQL the end runs first and the claim finds the conversation free.
+    Either way the submitter has the turn at once, without a poll (here one every 3 s)."""
+    monkeypatch.setattr(claim, "CLAIM_LINGER_SECONDS", 30.0)
+    store = await target.open(config=SLOW_POLLS)
+    try:
+        first = await store.begin_turn("c", "first")
+        got: list[Any] = []
+        has_it = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def submit() -> None:
+                got.append(await store.begin_turn("c", "second", timeout=60))
+                has_it.set()
+
+            tg.start_soon(submit)
+            await anyio.sleep(0.2)
+            before = store.backend.write_batches()
+            with anyio.fail_after(2):  # well before a poll
+                await first.finish()
+                await has_it.wait()
+            assert _since(store, before) == (1, 2)  # the end and the claim, nothing else
+        (second,) = got
+        assert second.status == "running"
+        await second.finish()
+        await assert_clean(store)
+    finally:
+        await store.close()
