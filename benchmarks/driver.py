@@ -125,11 +125,13 @@ class Driver:
         try:
             with anyio.CancelScope() as scope:
                 try:
+                    ended = False
                     for i in range(p.steps):
                         cut = (scope, cut_at) if i == cut_step else None
-                        await self._step(turn, conv, rng, i, where, cut)
+                        ended = await self._step(turn, conv, rng, i, where, cut)
                     where.phase = "finish"
-                    await self.adapter.finish_turn(turn)
+                    if not ended:
+                        await self.adapter.finish_turn(turn)
                     finished = True
                     st.turns_committed += 1
                     if anyio.current_time() < self._deadline:
@@ -172,10 +174,11 @@ class Driver:
         index: int,
         where: _Cursor,
         cut: tuple[anyio.CancelScope, float] | None,
-    ) -> None:
+    ) -> bool:
         """One step: the model answers, the tools run (in parallel; each result is reported
         as it finishes), the step commits. ``cut``: the turn's scope and where in this step
-        to cancel it."""
+        to cancel it. True if the step's write also ended the turn (its last step, on a
+        system that ``ends_turn_with_last_step``)."""
         a = self.adapter
         plan = self.factory.step(rng, index)
         if cut is not None:
@@ -193,11 +196,15 @@ class Driver:
             ran = secs
             where.partial.results.append(result)
             write_s += await _timed(where, a.tool_finished(turn, result))
-        write_s += await _timed(
-            where, a.commit_step(turn, plan.assistant_text, plan.calls, plan.results)
-        )
+        ends = a.ends_turn_with_last_step and index == self.params.steps - 1
+        commit = a.finish_with_step if ends else a.commit_step
+        write_s += await _timed(where, commit(turn, plan.assistant_text, plan.calls, plan.results))
         where.partial = None
         self._step_committed(conv, plan, write_s, where)
+        if ends:  # no point is left between this step and the turn's end to cut at
+            if cut is not None and not cut[0].cancel_called:
+                cut[0].deadline = math.inf
+            return True
         if cut is not None:
             # the cut point fell after the commit (or inside a write the system shields)
             where.phase = "between steps"
@@ -205,6 +212,7 @@ class Driver:
                 cut[0].deadline = math.inf
                 cut[0].cancel()
             await anyio.lowlevel.checkpoint()
+        return False
 
     async def _interrupted(self, turn: object, partial: PartialStep | None) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(INTERRUPT_HANDLER_TIMEOUT_S):

@@ -65,8 +65,15 @@ def make_store(options: AdapterOptions) -> Adapter[Any]:
     return StoreAdapter(options)
 
 
+def make_store_end_apart(options: AdapterOptions) -> Adapter[Any]:
+    from .store_adapter import StoreEndApartAdapter
+
+    return StoreEndApartAdapter(options)
+
+
 ADAPTERS: dict[str, AdapterFactory] = {
     "store": make_store,
+    "store-end-apart": make_store_end_apart,
     "raw": make_raw,
     "raw-locked": make_raw_locked,
     "naive": make_naive,

@@ -130,6 +130,10 @@ class Adapter(ABC, Generic[TurnT]):
     reports_lock_wait: ClassVar[bool] = False
     #: True if rows carry a stored position (the checker then counts position gaps)
     stores_positions: ClassVar[bool] = True
+    #: True if the system can end a turn in the write of its last step: the driver then
+    #: calls ``finish_with_step`` for a turn's last step instead of ``commit_step`` and
+    #: ``finish_turn`` (an agent runtime knows the step is the last when it commits it)
+    ends_turn_with_last_step: ClassVar[bool] = False
 
     def __init__(self, options: AdapterOptions) -> None:
         self.options = options
@@ -198,6 +202,19 @@ class Adapter(ABC, Generic[TurnT]):
     @abstractmethod
     async def finish_turn(self, turn: TurnT) -> None:
         """The turn ended normally."""
+
+    async def finish_with_step(
+        self,
+        turn: TurnT,
+        assistant_text: str,
+        calls: Sequence[ToolCall],
+        results: Sequence[ToolResult],
+    ) -> None:
+        """Commit the turn's last step and end the turn, where ``ends_turn_with_last_step``
+        says the system does both at once. When this returns the step is committed (as
+        after ``commit_step``) and the turn has ended (as after ``finish_turn``)."""
+        await self.commit_step(turn, assistant_text, calls, results)
+        await self.finish_turn(turn)
 
     @abstractmethod
     async def interrupt_turn(self, turn: TurnT, partial: PartialStep | None) -> None:

@@ -68,9 +68,12 @@ def _text(content: Any) -> str:
 
 
 class StoreAdapter(Adapter[Turn]):
+    """A turn's last step and its end are one write (``turn.finish(message, results)``)."""
+
     name: ClassVar[str] = "store"
     supports_idempotency: ClassVar[bool] = True
     reports_lock_wait: ClassVar[bool] = False  # the advisory lock is taken inside the server
+    ends_turn_with_last_step: ClassVar[bool] = True
 
     def __init__(self, options: Any) -> None:
         super().__init__(options)
@@ -205,6 +208,11 @@ class StoreAdapter(Adapter[Turn]):
     async def finish_turn(self, turn: Turn) -> None:
         await turn.finish()
 
+    async def finish_with_step(
+        self, turn: Turn, assistant_text: str, calls: Any, results: Any
+    ) -> None:
+        await turn.finish(_message(assistant_text, calls), _results(results))
+
     async def interrupt_turn(self, turn: Turn, partial: PartialStep | None) -> None:
         if turn.status != "running":
             return
@@ -238,6 +246,14 @@ class StoreAdapter(Adapter[Turn]):
         return await anyio.to_thread.run_sync(read)
 
 
+class StoreEndApartAdapter(StoreAdapter):
+    """The store with a turn's end in a write of its own, after its last step's (a runtime
+    that calls ``turn.finish()`` after the step): one more round trip per turn."""
+
+    name: ClassVar[str] = "store-end-apart"
+    ends_turn_with_last_step: ClassVar[bool] = False
+
+
 def _message(text: str, calls: tuple[ToolCall, ...] | list[ToolCall]) -> AssistantMessage:
     return AssistantMessage(text, [StoreCall(c.id, c.name, dict(c.arguments)) for c in calls])
 
@@ -246,4 +262,4 @@ def _results(results: Any) -> list[StoreResult]:
     return [StoreResult(r.call_id, r.output, r.is_error) for r in results]
 
 
-__all__ = ["StoreAdapter", "ToolResult"]
+__all__ = ["StoreAdapter", "StoreEndApartAdapter", "ToolResult"]
