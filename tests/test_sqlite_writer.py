@@ -159,3 +159,30 @@ def test_the_switch_to_wal_does_not_retry_other_errors() -> None:
     with pytest.raises(sqlite3.OperationalError, match="disk"):
         _enter_wal(execute, busy_timeout=5)
     assert execute.calls == 1
+
+
+async def test_turns_queued_within_one_millisecond_keep_the_order_they_came_in(
+    lite: Store,
+) -> None:
+    """SQLite's clock ('now') counts milliseconds: two submits queued in one transaction
+    tie on created_at. The line is then the order of insertion, not of their random ids."""
+    running = await lite.begin_turn("c", "first")
+
+    async def queue(tx: Tx) -> None:
+        for turn_id in ("turn_z_earlier", "turn_a_later"):
+            await tx.run(
+                "insert_turn", turn_id=turn_id, conversation_id="c", idempotency_key=None,
+                content_hash=turn_id, status="queued", epoch=0, owner="o",
+                lease_seconds=60, pending_content='[{"type": "text", "text": "x"}]',
+            )  # fmt: skip
+        tx.conn.execute(  # type: ignore[attr-defined]  # the writer's sqlite3 connection
+            "UPDATE turnstore_turns SET created_at = 1 WHERE status = 'queued'"
+        )
+
+    await lite.backend.transaction("c", queue)
+    async with lite.backend.read() as tx:
+        line = await tx.one("next_in_line", conversation_id="c")
+    assert line.id == "turn_z_earlier"
+    await running.finish()  # hands over to the head of the line
+    assert (await lite.turn_status("turn_z_earlier")).status == "running"
+    assert (await lite.turn_status("turn_a_later")).status == "queued"

@@ -27,7 +27,9 @@ RETURNING id, status, epoch, steps;
 
 -- name: queue_head
 -- The head of the line (the running turn, else the oldest waiting one), and whether any
--- live turn's lease has expired (then it is taken over first).
+-- live turn's lease has expired (then it is taken over first). created_at has a
+-- resolution of a millisecond ('now'): turns queued within one are in the order they
+-- were inserted (rowid), not by their random ids.
 SELECT t.id, t.status,
        (SELECT max(x.lease_expires_at < ((julianday('now') - 2440587.5) * 86400.0))
           FROM turnstore_turns x
@@ -35,7 +37,7 @@ SELECT t.id, t.status,
            AND x.status IN ('queued', 'running')) AS stale
   FROM turnstore_turns t
  WHERE t.conversation_id = :conversation_id AND t.status IN ('queued', 'running')
- ORDER BY t.status = 'running' DESC, t.created_at, t.id LIMIT 1;
+ ORDER BY t.status = 'running' DESC, t.created_at, t.rowid LIMIT 1;
 
 -- name: bump_epoch
 UPDATE turnstore_conversations SET epoch = epoch + 1 WHERE id = :conversation_id
@@ -83,12 +85,12 @@ UPDATE turnstore_turns
 
 -- name: next_in_line
 -- The oldest waiting turn whose submitter is still there: a turn that ends hands the
--- conversation over to it.
+-- conversation over to it. (Ties of created_at: see queue_head.)
 SELECT id, pending_content, lease_owner FROM turnstore_turns
  WHERE conversation_id = :conversation_id AND status = 'queued'
    AND lease_expires_at >= ((julianday('now') - 2440587.5) * 86400.0)
    AND pending_content IS NOT NULL
- ORDER BY created_at, id LIMIT 1;
+ ORDER BY created_at, rowid LIMIT 1;
 
 -- name: next_position
 -- Written as in postgres/queries.sql, where max() may be planned as an aggregate over the
