@@ -187,8 +187,9 @@ class LocalWakeups:
 
     def turn_ended(self, conversation_id: str, outcome: Any, *, handed_over: bool) -> None:
         """A turn of this process ended with ``outcome`` (a ``TurnOutcome``). Unless it
-        handed the conversation over to a waiter here, wake the oldest local waiter: to
-        claim it, or to poll while a turn of another process holds it."""
+        handed the conversation over to a waiter here, or another turn here holds it now,
+        wake the oldest local waiter: to claim it, or to poll while a turn of another
+        process holds it."""
         self._running.pop(outcome.turn_id, None)
         holder = self._holders.get(conversation_id)
         if holder is not None and holder.id == outcome.turn_id:
@@ -196,7 +197,9 @@ class LocalWakeups:
         self._outcomes[outcome.turn_id] = outcome
         if len(self._outcomes) > _OUTCOMES_KEPT:
             self._outcomes.popitem(last=False)
-        if not handed_over:
+        if not handed_over and not self.held_here(conversation_id):
+            # Nobody here was handed it, and no other turn here took it in the same batch
+            # (a claim sent with this end): wake the line to claim it, or to poll.
             self.wake_next(conversation_id)
         ended = self._ended.pop(outcome.turn_id, None)
         if ended is not None:

@@ -153,3 +153,62 @@ async def test_a_submit_that_rides_with_the_holders_end_gets_the_turn_without_a_
         await assert_clean(store)
     finally:
         await store.close()
+
+
+async def test_a_waiter_is_not_woken_when_another_turn_here_took_the_conversation(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two submits ride with the holder's end in a batch that another write leads. On
+    PostgreSQL the end runs first and hands over to nobody, the first claim takes the
+    conversation and the second queues behind it: the end must not then wake the second
+    to poll (the first turn will hand over to it when it ends)."""
+    monkeypatch.setattr(claim, "CLAIM_LINGER_SECONDS", 30.0)
+    store = await target.open(config=SLOW_POLLS, pool_size=1)  # one batch at a time
+    writes = store.backend._writes  # type: ignore[attr-defined]
+    apply, slow = writes._apply, []
+
+    async def slowly(batch: Any) -> Any:
+        if slow:
+            slow.clear()
+            await anyio.sleep(0.3)
+        return await apply(batch)
+
+    writes._apply = slowly
+    try:
+        holder = await store.begin_turn("c", "first")
+        others = [await store.begin_turn(cid, "other") for cid in ("d", "e")]
+        got: dict[str, Any] = {}
+        done = {name: anyio.Event() for name in ("second", "third")}
+        async with anyio.create_task_group() as tg:
+
+            async def submit(text: str) -> None:
+                got[text] = await store.begin_turn("c", text, timeout=60)
+                done[text].set()
+
+            slow.append(True)
+            tg.start_soon(others[0].commit_step, *step("d"))  # holds the batch slot
+            await anyio.sleep(0.05)
+            before = store.backend.write_batches()
+            tg.start_soon(submit, "second")
+            await anyio.sleep(0.05)
+            tg.start_soon(submit, "third")
+            await anyio.sleep(0.05)
+            tg.start_soon(others[1].commit_step, *step("e"))  # will lead the next batch
+            await anyio.sleep(0.05)
+            tg.start_soon(holder.finish)  # rides in it
+            with anyio.fail_after(2):
+                await done["second"].wait()
+            await anyio.sleep(0.5)
+            assert _since(store, before) == (1, 4)  # no poll by the one still waiting
+            await got["second"].finish()
+            with anyio.fail_after(2):
+                await done["third"].wait()
+            await got["third"].finish()
+        for turn in others:
+            await turn.finish()
+        assert [m.text for m in await store.history("c") if m.role == "user"] == [
+            "first", "second", "third",
+        ]  # fmt: skip
+        await assert_clean(store)
+    finally:
+        await store.close()
