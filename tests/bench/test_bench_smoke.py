@@ -126,11 +126,14 @@ async def test_the_store_ends_a_turn_in_its_last_steps_write(
     backend: str, pg_url: str, sqlite_url: str
 ) -> None:
     """Without double submits or interrupts, a store turn is a claim and S writes (the last
-    step carries the end); with the end apart, S + 1 writes after the claim."""
+    step carries the end); with the end apart, S + 1 writes after the claim. (A waiting
+    submit may, rarely, poll once when it learns no holder here at that moment: a write
+    more in some hundreds of turns.)"""
     url = pg_url if backend == "postgres" else sqlite_url
     writes = {}
     for system in ("store", "store-end-apart"):
         r = await run_system(system, ADAPTERS[system], url, CALM, f"e{os.getpid()}")
         assert r.counts["turns committed"] == r.counts["turns started"] > 0
         writes[system] = r.counters["writes batched"] / r.counts["turns started"]
-    assert writes == {"store": 1 + CALM.steps, "store-end-apart": 2 + CALM.steps}
+    assert 1 + CALM.steps <= writes["store"] < 1.01 + CALM.steps
+    assert 2 + CALM.steps <= writes["store-end-apart"] < 2.01 + CALM.steps
