@@ -13,10 +13,10 @@ LOAD=(-W 32 -C 64 -S 2 -K 3 --double-submit 0.2 --interrupt 0.1)
 # 1. the main comparison, every system, PostgreSQL
 bench postgres --db "$PG" "${LOAD[@]}" --duration 20 --chart "$OUT/postgres.png"
 # 2. one hot conversation, every turn double-submitted
-bench hot --db "$PG" --systems store,raw,raw-locked -W 32 -C 1 -S 2 -K 3 \
+bench hot --db "$PG" --systems store,store-end-apart,raw,raw-locked -W 32 -C 1 -S 2 -K 3 \
     --double-submit 1.0 --interrupt 0 --duration 20
 # 3. SQLite, a file database in WAL mode
-bench sqlite --db "sqlite:///$TMP/bench.db" --systems store,raw,raw-locked,naive \
+bench sqlite --db "sqlite:///$TMP/bench.db" --systems store,store-end-apart,raw,raw-locked,naive \
     "${LOAD[@]}" --duration 20
 # 4. cost growth: step-commit latency with 1,000 and with 1,000,000 messages stored
 bench preload-1k --db "$PG" --systems store,raw "${LOAD[@]}" --duration 10 --preload 1000

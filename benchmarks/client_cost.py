@@ -1,0 +1,128 @@
+"""The store's own Python cost per turn, with the database taken out.
+
+    python -m benchmarks.client_cost [--db URL] [--turns 3200] [--workers 32]
+
+Opens a real store (PostgreSQL, for its schema and its write path), then replaces the
+function that sends a batch of writes with one that answers every write at once, as the
+database would have (a claim is claimed, a step or an end is written). W workers then run
+turns of the benchmark's workload (a user message, S steps of K calls with its HTML
+payloads, the end in the last step) through the public API: validation, encoding, group
+commit, the turn's bookkeeping and wake-ups all run; no byte goes to the server. It prints
+the CPU time of this process per turn and per step, less the cost of generating the
+workload itself (measured on its own first): what turnstore adds on the client side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import asyncpg
+
+from store import AssistantMessage, Store, StoreConfig, ToolCall, ToolResult
+from store.backends.base import ClaimRequest
+
+from .dbtarget import parse_db_url
+from .workload import PayloadPool, StepPlan, TurnFactory, WorkloadParams
+
+
+class _Answers:
+    """What ``turnstore_apply`` would answer, without asking it."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+
+    async def __call__(self, writes: Sequence[Any]) -> list[tuple[Any, ...]]:
+        await anyio.lowlevel.checkpoint()  # a round trip suspends the leader
+        answers: list[tuple[Any, ...]] = []
+        for ord_, w in enumerate(writes, start=1):
+            if isinstance(w, ClaimRequest):
+                position = self._next.get(w.conversation_id, 0)
+                self._next[w.conversation_id] = position + 1
+                answers.append((ord_, "claimed", w.turn_id, "running", 1, position + 1))
+            else:
+                answers.append((ord_, None, None, None, None, None))
+        return answers
+
+
+def _step(plan: StepPlan) -> tuple[AssistantMessage, list[ToolResult]]:
+    calls = [ToolCall(c.id, c.name, dict(c.arguments)) for c in plan.calls]
+    results = [ToolResult(r.call_id, r.output, r.is_error) for r in plan.results]
+    return AssistantMessage(plan.assistant_text, calls), results
+
+
+async def measure(url: str, turns: int, workers: int) -> dict[str, float]:
+    target = parse_db_url(url)
+    if target.backend != "postgres" or target.asyncpg_dsn is None:
+        raise SystemExit("client_cost runs on PostgreSQL (its write path is the one taken out)")
+    schema = f"client_cost_{uuid.uuid4().hex[:8]}"
+    store = await Store.open(
+        target.sqlalchemy_url(schema),
+        schema=schema,
+        config=StoreConfig(busy_timeout=300, lease_seconds=60),
+    )
+    params = WorkloadParams()
+    factory = TurnFactory(params, PayloadPool(params.seed))
+    per_worker = max(1, turns // workers)
+    try:
+        store.backend._writes._apply = _Answers()  # type: ignore[attr-defined]
+
+        def workload(rng: random.Random) -> list[Any]:
+            return [factory.user_text(rng)] + [
+                _step(factory.step(rng, s)) for s in range(params.steps)
+            ]
+
+        started = time.process_time()
+        for w in range(workers):
+            rng = random.Random(w)
+            for _ in range(per_worker):
+                workload(rng)
+        generating = time.process_time() - started
+
+        async def worker(w: int) -> None:
+            rng = random.Random(w)
+            for n in range(per_worker):
+                text, *steps = workload(rng)
+                turn = await store.begin_turn(f"c{w}_{n}", text, idempotency_key=f"k{w}_{n}")
+                for message, results in steps[:-1]:
+                    await turn.commit_step(message, results)
+                await turn.finish(*steps[-1])
+
+        started = time.process_time()
+        async with anyio.create_task_group() as tg:
+            for w in range(workers):
+                tg.start_soon(worker, w)
+        total = time.process_time() - started
+    finally:
+        await store.close()
+        conn = await asyncpg.connect(target.asyncpg_dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+    n = per_worker * workers
+    per_turn = (total - generating) / n * 1e6
+    return {"turns": n, "us_per_turn": per_turn, "us_per_step": per_turn / params.steps}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.client_cost")
+    parser.add_argument("--db", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--turns", type=int, default=3200)
+    parser.add_argument("--workers", type=int, default=32)
+    args = parser.parse_args(argv)
+    r = anyio.run(measure, args.db, args.turns, args.workers)
+    print(
+        f"{r['turns']:.0f} turns: turnstore's client side costs {r['us_per_turn']:.0f} µs of "
+        f"CPU a turn, {r['us_per_step']:.0f} µs a step (the workload's own generation excluded)"
+    )
+
+
+if __name__ == "__main__":
+    main()
