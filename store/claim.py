@@ -119,7 +119,7 @@ async def begin_turn(
             await earlier.decided.wait()
             decision = earlier.duplicate
     turn_id = f"turn_{uuid.uuid4().hex}"
-    with store.wakeups.deciding(turn_id):
+    with store.wakeups.deciding(conversation_id, turn_id):
         if decision is None:
             with store.wakeups.submitting(
                 conversation_id, idempotency_key, submit.content_hash

@@ -86,7 +86,7 @@ class LocalWakeups:
             flight.decided.set()
 
     @contextmanager
-    def deciding(self, turn_id: str) -> Iterator[None]:
+    def deciding(self, conversation_id: str, turn_id: str) -> Iterator[None]:
         """The first claim of ``turn_id`` is in flight here, until its submitter has the
         turn, or has given up. A claim answered 'queued' in the same transaction as the
         end that then hands the conversation to it (SQLite applies a batch's writes in the
@@ -97,7 +97,9 @@ class LocalWakeups:
             yield
         finally:
             self._deciding.discard(turn_id)
-            self._handed_early.pop(turn_id, None)
+            never_joined = self._handed_early.pop(turn_id, None) is not None
+            if never_joined and self._handed.get(conversation_id) == turn_id:
+                del self._handed[conversation_id]
 
     # --- submits waiting for a conversation -----------------------------------------------
 
