@@ -170,7 +170,7 @@ async def test_a_waiter_is_not_woken_when_another_turn_here_took_the_conversatio
     async def slowly(batch: Any) -> Any:
         if slow:
             slow.clear()
-            await anyio.sleep(0.3)
+            await anyio.sleep(1.0)  # long enough for the others to queue behind it
         return await apply(batch)
 
     writes._apply = slowly
