@@ -212,3 +212,26 @@ async def test_a_waiter_is_not_woken_when_another_turn_here_took_the_conversatio
         await assert_clean(store)
     finally:
         await store.close()
+
+
+async def test_a_submit_cancelled_while_its_claim_lingers_leaves_nothing_waiting(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim is shielded: it still lands (queued) when its linger runs out, and the
+    cancelled submitter then leaves the line. The holder ends as usual, with no hand-over
+    to a turn that nobody runs."""
+    monkeypatch.setattr(claim, "CLAIM_LINGER_SECONDS", 0.3)
+    holder = await store.begin_turn("c", "first")
+    with anyio.move_on_after(0.1) as scope:
+        await store.begin_turn("c", "second", timeout=60)
+    assert scope.cancelled_caught
+    async with store.backend.read() as tx:
+        turns = await tx.all("check_turns")
+    assert sorted(t.status for t in turns) == ["refused", "running"]
+    await holder.finish()
+    assert (await store.turn_status(holder.id)).status == "finished"
+    assert [m.text for m in await store.history("c") if m.role == "user"] == ["first"]
+    after = await store.begin_turn("c", "third")  # the conversation is free
+    assert after.status == "running" and not after.duplicate
+    await after.finish()
+    await assert_clean(store)
