@@ -25,9 +25,10 @@ import anyio
 import anyio.lowlevel
 import asyncpg
 
-from store import AssistantMessage, Store, StoreConfig, ToolCall, ToolResult
+from store import AssistantMessage, Store, StoreConfig, ToolResult
 from store.backends.base import ClaimRequest
 
+from .adapters.store_adapter import _message, _results
 from .dbtarget import parse_db_url
 from .workload import PayloadPool, StepPlan, TurnFactory, WorkloadParams
 
@@ -52,9 +53,7 @@ class _Answers:
 
 
 def _step(plan: StepPlan) -> tuple[AssistantMessage, list[ToolResult]]:
-    calls = [ToolCall(c.id, c.name, dict(c.arguments)) for c in plan.calls]
-    results = [ToolResult(r.call_id, r.output, r.is_error) for r in plan.results]
-    return AssistantMessage(plan.assistant_text, calls), results
+    return _message(plan.assistant_text, plan.calls), _results(plan.results)
 
 
 async def measure(url: str, turns: int, workers: int) -> dict[str, float]:

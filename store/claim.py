@@ -158,6 +158,7 @@ async def _decide(
     async def attempt() -> Decision:
         nonlocal attempts
         attempts += 1
+        wait = linger if attempts == 1 else 0.0  # a retry goes at once
         fast = await store.backend.claim_fast(
             ClaimRequest(
                 lock_key=store.backend.lock_key(submit.conversation_id),
@@ -173,7 +174,7 @@ async def _decide(
                 first=first,
                 retry=attempts > 1,
             ),
-            linger=linger if attempts == 1 else 0.0,
+            linger=wait,
         )
         if fast is not None and fast.decision != "recover":
             return _from_row(fast, submit)
@@ -187,9 +188,7 @@ async def _decide(
                     return landed
             return await _decide_in(store, tx, submit, turn_id, on_busy, first=first)
 
-        return await store.backend.transaction(
-            submit.conversation_id, decide, linger=linger if attempts == 1 else 0.0
-        )
+        return await store.backend.transaction(submit.conversation_id, decide, linger=wait)
 
     with anyio.CancelScope(shield=True):
         return await store.backend.retrying(attempt)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from store import AssistantMessage, Store, ToolCall, ToolResult
+from store import AssistantMessage, Store, StoreConfig, ToolCall, ToolResult
 from store.checker import check
+
+# another process that polls every 3 s: anything that happens sooner was not its poll
+SLOW_POLLS = StoreConfig(lease_seconds=30, poll_min_seconds=3, poll_max_seconds=3)
 
 
 def step(prefix: str, calls: int = 2) -> tuple[AssistantMessage, list[ToolResult]]:

@@ -9,14 +9,11 @@ from typing import Any
 import anyio
 import pytest
 
-from store import ConversationBusy, Store, StoreConfig, claim
+from store import ConversationBusy, Store, claim
 from store.claim import Submit
 
 from .conftest import OpenStore
-from .helpers import assert_clean, count_rows, step
-
-# another process that polls every 3 s: anything that happens sooner was not its poll
-SLOW_POLLS = StoreConfig(lease_seconds=30, poll_min_seconds=3, poll_max_seconds=3)
+from .helpers import SLOW_POLLS, assert_clean, count_rows, step
 
 
 async def _status(store: Store, turn_id: str) -> str:

@@ -10,12 +10,10 @@ from typing import Any
 import anyio
 import pytest
 
-from store import ConversationBusy, Store, StoreConfig, claim
+from store import ConversationBusy, Store, claim
 
 from .conftest import Target
-from .helpers import assert_clean, step
-
-SLOW_POLLS = StoreConfig(lease_seconds=30, poll_min_seconds=3, poll_max_seconds=3)
+from .helpers import SLOW_POLLS, assert_clean, step
 
 
 def _since(store: Store, before: tuple[int, int]) -> tuple[int, int]:
