@@ -8,7 +8,11 @@ SELECT id, status, epoch, content_hash FROM turnstore_turns
  WHERE conversation_id = :conversation_id AND idempotency_key = :idempotency_key;
 
 -- name: recent_turn_with_content
+-- INDEXED BY: the (conversation_id, idempotency_key) index matches as many equality terms
+-- (idempotency_key IS NULL), and SQLite, without statistics, took it: a read of every
+-- keyless turn of the conversation (tests/test_plans_sqlite.py).
 SELECT id, status, epoch, content_hash FROM turnstore_turns
+       INDEXED BY turnstore_turns_by_content
  WHERE conversation_id = :conversation_id AND content_hash = :content_hash
    AND idempotency_key IS NULL
    AND (status IN ('queued', 'running')
@@ -85,9 +89,13 @@ UPDATE turnstore_turns
 
 -- name: next_in_line
 -- The oldest waiting turn whose submitter is still there: a turn that ends hands the
--- conversation over to it. (Ties of created_at: see queue_head.)
+-- conversation over to it. (Ties of created_at: see queue_head.) The redundant status term
+-- is the partial index's own condition: SQLite uses a partial index only where the query
+-- repeats it, and otherwise read every turn the conversation ever had
+-- (tests/test_plans_sqlite.py).
 SELECT id, pending_content, lease_owner FROM turnstore_turns
- WHERE conversation_id = :conversation_id AND status = 'queued'
+ WHERE conversation_id = :conversation_id AND status IN ('queued', 'running')
+   AND status = 'queued'
    AND lease_expires_at >= ((julianday('now') - 2440587.5) * 86400.0)
    AND pending_content IS NOT NULL
  ORDER BY created_at, rowid LIMIT 1;
