@@ -21,6 +21,10 @@ bench sqlite --db "sqlite:///$TMP/bench.db" --systems store,store-end-apart,raw,
 # 4. cost growth: step-commit latency with 1,000 and with 1,000,000 messages stored
 bench preload-1k --db "$PG" --systems store,raw "${LOAD[@]}" --duration 10 --preload 1000
 bench preload-1m --db "$PG" --systems store,raw "${LOAD[@]}" --duration 10 --preload 1000000
-# 5. steps/s against the number of workers
+# 5. cost growth with the turns of one conversation (both databases)
+for db in "$PG" "sqlite:///$TMP/growth.db"; do
+    .venv/bin/python -m benchmarks.turn_growth --db "$db"
+done | tee "$OUT/turn-growth.txt"
+# 6. steps/s against the number of workers
 bench sweep --db "$PG" "${LOAD[@]}" --duration 10 --sweep --chart "$OUT/sweep.png"
 rm -rf "$TMP"
