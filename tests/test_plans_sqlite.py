@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from store import Store, sql
@@ -75,6 +77,11 @@ def _plans(conn: sqlite3.Connection) -> dict[str, list[str]]:
     }
 
 
+async def _open_close(path: Path) -> None:
+    store = await Store.open(f"sqlite:///{path}")
+    await store.close()
+
+
 async def _populated(path: Path) -> None:
     """One conversation with many ended turns (keyed and keyless), one more running."""
     store = await Store.open(f"sqlite:///{path}")
@@ -90,38 +97,32 @@ async def _populated(path: Path) -> None:
         await store.close()
 
 
-async def test_named_queries_plan_bounded_lookups_before_any_analyze(tmp_path: Path) -> None:
-    path = tmp_path / "plans.db"
-    await _open_close(path)
+@contextmanager
+def _connected(path: Path) -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(path)
     try:
-        assert _plans(conn) == {}
+        yield conn
     finally:
         conn.close()
+
+
+async def test_named_queries_plan_bounded_lookups_before_any_analyze(tmp_path: Path) -> None:
+    await _open_close(tmp_path / "plans.db")
+    with _connected(tmp_path / "plans.db") as conn:
+        assert _plans(conn) == {}
 
 
 async def test_named_queries_plan_bounded_lookups_after_analyze(tmp_path: Path) -> None:
-    path = tmp_path / "plans.db"
-    await _populated(path)
-    conn = sqlite3.connect(path)
-    try:
+    await _populated(tmp_path / "plans.db")
+    with _connected(tmp_path / "plans.db") as conn:
         conn.execute("ANALYZE")
         assert conn.execute("SELECT count(*) FROM sqlite_stat1").fetchone()[0] > 0
         assert _plans(conn) == {}
-    finally:
-        conn.close()
-
-
-async def _open_close(path: Path) -> None:
-    store = await Store.open(f"sqlite:///{path}")
-    await store.close()
 
 
 async def test_the_check_flags_a_read_of_every_turn_of_a_conversation(tmp_path: Path) -> None:
-    path = tmp_path / "plans.db"
-    await _open_close(path)
-    conn = sqlite3.connect(path)
-    try:
+    await _open_close(tmp_path / "plans.db")
+    with _connected(tmp_path / "plans.db") as conn:
         # next_in_line as it was: status = 'queued' alone does not select the partial index
         every_turn = (
             "SELECT id FROM turnstore_turns WHERE conversation_id = :conversation_id"
@@ -139,5 +140,3 @@ async def test_the_check_flags_a_read_of_every_turn_of_a_conversation(tmp_path: 
         assert unbounded(conn, keyless)
         last = f"SELECT position FROM turnstore_messages WHERE conversation_id = :c {LAST_POSITION}"
         assert unbounded(conn, last) == []
-    finally:
-        conn.close()
