@@ -40,4 +40,6 @@ for db in "$PG" "sqlite:///$TMP/growth.db"; do
 done | tee "$OUT/turn-growth.txt"
 # 6. steps/s against the number of workers
 bench sweep --db "$PG" "${LOAD[@]}" --duration 10 --sweep --chart "$OUT/sweep.png"
+# 7. backend CPU per step, and what each check of the schema costs of it
+.venv/bin/python -m benchmarks.db_cost --db "$PG" | tee "$OUT/db-cost.txt"
 rm -rf "$TMP"
