@@ -1,12 +1,13 @@
 """turnstore_apply on PostgreSQL: the user messages of a batch's claims are written by one
-statement after the claims (schema/postgres/0006_cheaper_claims.sql), with the same
-rows and answers as claims applied one by one."""
+statement after the claims (schema/postgres/0006_cheaper_claims.sql), and the fences of
+its steps and its ends by one statement each (0008_batched_fences.sql), with the same
+rows and answers as writes applied one by one."""
 
 from __future__ import annotations
 
 import asyncpg
 
-from store.backends.base import ClaimRequest
+from store.backends.base import ClaimRequest, StepWrite, TurnEnd
 from store.backends.postgres import as_record, server_settings
 
 from .conftest import Target, asyncpg_dsn
@@ -57,5 +58,72 @@ async def test_claims_in_one_batch_write_their_user_messages_together(pg_target:
             ("b", 0, "user", "tb", '[{"text": "tb", "type": "text"}]'),
             ("c", 0, "user", "tc", '[{"text": "tc", "type": "text"}]'),
         ]
+    finally:
+        await conn.close()
+
+
+def _step(conversation: str, turn_id: str, epoch: int, step: int, position: int) -> StepWrite:
+    return StepWrite(
+        lock_key=hash(conversation), conversation_id=conversation, turn_id=turn_id,
+        epoch=epoch, lease_seconds=30, step=step, position=position,
+        content_json=f'[{{"type":"text","text":"{turn_id} {step}"}}]',
+        call_ids=[f"{turn_id}_{step}"], tool_names=["t"], arguments_json=["{}"],
+        call_data_json=[None], results_json=['[{"type":"text","text":"ok"}]'],
+        is_error=[False],
+    )  # fmt: skip
+
+
+def _end(write: StepWrite | None, conversation: str, turn_id: str, epoch: int) -> TurnEnd:
+    return TurnEnd(
+        lock_key=hash(conversation), conversation_id=conversation, turn_id=turn_id,
+        epoch=epoch, status="finished", error=None, final=write, lease_seconds=30,
+    )  # fmt: skip
+
+
+async def test_a_batch_fences_every_step_and_ends_every_turn_as_one_by_one(
+    pg_target: Target,
+) -> None:
+    store = await pg_target.open()
+    await store.close()
+    conn = await asyncpg.connect(
+        asyncpg_dsn(pg_target.url), server_settings=server_settings(pg_target.schema)
+    )
+    try:
+        turns = {c: f"t{c}" for c in "abcdef"}
+        claimed = await conn.fetch(APPLY, [as_record(_claim(c, t)) for c, t in turns.items()])
+        epoch = {row["turn_id"]: row["epoch"] for row in claimed}
+        assert {row["outcome"] for row in claimed} == {"claimed"}
+        batch = [
+            _step("a", "ta", epoch["ta"], 1, 1),  # written
+            _step("b", "tb", epoch["tb"] + 1, 1, 1),  # a stale fencing token: refused
+            _end(_step("c", "tc", epoch["tc"], 1, 1), "c", "tc", epoch["tc"]),  # both
+            _end(None, "d", "td", epoch["td"]),  # ends without a step
+            _end(_step("e", "te", epoch["te"], 2, 1), "e", "te", epoch["te"]),  # step 1 missing
+            _end(None, "f", "tf", epoch["tf"] - 1),  # a stale fencing token: refused
+        ]
+        rows = await conn.fetch(APPLY, [as_record(w) for w in batch])
+        assert {row["ord"]: row["outcome"] for row in rows} == {
+            1: None,
+            2: "running:0",
+            3: None,
+            4: None,
+            5: "running:0",  # neither its step nor its end
+            6: "running:0",
+        }
+        status = dict(await conn.fetch("SELECT id, status || ':' || steps FROM turnstore_turns"))
+        assert status == {
+            "ta": "running:1",
+            "tb": "running:0",
+            "tc": "finished:1",
+            "td": "finished:0",
+            "te": "running:0",
+            "tf": "running:0",
+        }
+        messages = await conn.fetch(
+            "SELECT conversation_id, count(*) FROM turnstore_messages GROUP BY 1 ORDER BY 1"
+        )
+        assert [tuple(m) for m in messages] == [
+            ("a", 3), ("b", 1), ("c", 3), ("d", 1), ("e", 1), ("f", 1),
+        ]  # fmt: skip
     finally:
         await conn.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -120,6 +121,24 @@ def _end(turn_id: str, epoch: int, final: StepWrite | None) -> TurnEnd:
     )  # fmt: skip
 
 
+async def _explaining(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Log the generic plan of every statement ``conn`` runs, nested ones included, into
+    the list returned."""
+    plans: list[dict[str, Any]] = []
+    conn.add_log_listener(
+        lambda _c, message: plans.append(json.loads(message.message.split("plan:", 1)[1])["Plan"])
+    )
+    await conn.execute(
+        "LOAD 'auto_explain';"
+        " SET auto_explain.log_min_duration = 0;"
+        " SET auto_explain.log_nested_statements = on;"
+        " SET auto_explain.log_format = json;"
+        " SET auto_explain.log_level = notice;"
+        " SET plan_cache_mode = force_generic_plan;"
+    )
+    return plans
+
+
 @pytest.mark.parametrize("statistics", ["never analyzed", "analyzed when small"])
 async def test_writes_plan_bounded_lookups_whatever_the_statistics(
     pg_target: Target, statistics: str
@@ -132,21 +151,10 @@ async def test_writes_plan_bounded_lookups_whatever_the_statistics(
             await turn.finish()
     await store.close()
     conn = await _connect(pg_target)
-    plans: list[dict[str, Any]] = []
-    conn.add_log_listener(
-        lambda _c, message: plans.append(json.loads(message.message.split("plan:", 1)[1])["Plan"])
-    )
     try:
         if statistics == "analyzed when small":
             await conn.execute("ANALYZE")
-        await conn.execute(
-            "LOAD 'auto_explain';"
-            " SET auto_explain.log_min_duration = 0;"
-            " SET auto_explain.log_nested_statements = on;"
-            " SET auto_explain.log_format = json;"
-            " SET auto_explain.log_level = notice;"
-            " SET plan_cache_mode = force_generic_plan;"
-        )
+        plans = await _explaining(conn)
 
         async def apply(write: ClaimRequest | StepWrite | TurnEnd) -> asyncpg.Record:
             (row,) = await conn.fetch(APPLY, [as_record(write)])
@@ -165,6 +173,48 @@ async def test_writes_plan_bounded_lookups_whatever_the_statistics(
         last = _end("turn_b", b["epoch"], _step("turn_b", b["epoch"], b["next_position"]))
         assert (await apply(last))["outcome"] is None
         assert len(plans) > 20  # the functions' statements and the foreign-key checks
+        problems = [problem for plan in plans for problem in unbounded(plan)]
+        assert problems == []
+    finally:
+        await conn.close()
+
+
+async def test_batches_plan_bounded_lookups(pg_target: Target) -> None:
+    """A batch of more than one write checks its fences and ends its turns with one
+    statement each, joined to the turns by id and conversation (0008_batched_fences.sql)."""
+    store = await pg_target.open()
+    await store.close()
+    conn = await _connect(pg_target)
+    try:
+        plans = await _explaining(conn)
+
+        async def apply(*writes: ClaimRequest | StepWrite | TurnEnd) -> list[asyncpg.Record]:
+            rows = await conn.fetch(APPLY, [as_record(w) for w in writes])
+            return sorted(rows, key=lambda row: row["ord"])
+
+        claims = [replace(_claim(f"turn_{c}", f"key-{c}"), conversation_id=c) for c in "xyz"]
+        started = await apply(*claims)
+        assert [row["outcome"] for row in started] == ["claimed"] * 3
+
+        def step_of(c: str, row: asyncpg.Record, step: int) -> StepWrite:
+            first = replace(_step(row["turn_id"], row["epoch"], row["next_position"]),
+                            conversation_id=c)  # fmt: skip
+            if step == 1:
+                return first
+            ids = [f"{i}_{step}" for i in first.call_ids]
+            return replace(first, step=step, position=first.position + 3, call_ids=ids)
+
+        turns = list(zip("xyz", started, strict=True))
+        steps = [step_of(c, row, 1) for c, row in turns]
+        assert [row["outcome"] for row in await apply(*steps)] == [None] * 3
+        ends = [
+            replace(_end(row["turn_id"], row["epoch"], final), conversation_id=c)
+            for (c, row), final in zip(turns, [step_of("x", started[0], 2),
+                                               step_of("y", started[1], 2), None], strict=True)
+        ]  # fmt: skip
+        assert [row["outcome"] for row in await apply(*ends)] == [None] * 3
+        fences = [p for p in plans if "turnstore_turns" in json.dumps(p)]
+        assert len(fences) > 5
         problems = [problem for plan in plans for problem in unbounded(plan)]
         assert problems == []
     finally:

@@ -1,0 +1,7 @@
+-- turnstore schema, version 8, SQLite: nothing to do.
+--
+-- On PostgreSQL this version checks the fencing tokens of a batch's steps, and ends the
+-- turns of its ends, with one statement each instead of one per write (see
+-- postgres/0008_batched_fences.sql). SQLite prepares a statement once per connection and
+-- keeps it, its constraints compiled in, so a statement's set-up is not repeated. The
+-- version exists here so that both dialects keep the same migration history.
