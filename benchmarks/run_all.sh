@@ -42,4 +42,6 @@ done | tee "$OUT/turn-growth.txt"
 bench sweep --db "$PG" "${LOAD[@]}" --duration 10 --sweep --chart "$OUT/sweep.png"
 # 7. backend CPU per step, and what each check of the schema costs of it
 .venv/bin/python -m benchmarks.db_cost --db "$PG" | tee "$OUT/db-cost.txt"
+# 8. what one statement's set-up costs on turnstore's tables, against the rows it writes
+.venv/bin/python -m benchmarks.statement_cost --db "$PG" | tee "$OUT/statement-cost.txt"
 rm -rf "$TMP"
