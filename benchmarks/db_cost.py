@@ -20,17 +20,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import uuid
 from typing import Any
 
 import anyio
 import asyncpg
 
-from store import Store
 from store.backends.base import ClaimRequest, StepWrite, TurnEnd, lock_key
 from store.backends.postgres import as_record
 
-from .dbtarget import drop_pg_schema, parse_db_url
+from .dbtarget import parse_db_url
+from .scratch import scratch_schema
 
 APPLY = "SELECT * FROM turnstore_apply($1::turnstore_write[])"
 HTML = '"<section><h2>Menu</h2><p>' + "sourdough, rye, " * 40 + '</p></section>"'
@@ -119,18 +118,9 @@ class _Rounds:
 
 async def measure(url: str, alters: tuple[str, ...], turns: int, batch: int) -> float:
     """Backend CPU µs per step over ``turns`` rounds of ``batch`` turns (two steps each)."""
-    target = parse_db_url(url)
-    assert target.asyncpg_dsn is not None
-    schema = f"db_cost_{uuid.uuid4().hex[:8]}"
-    store = await Store.open(target.sqlalchemy_url(schema), schema=schema, pool_size=1)
-    await store.close()
-    conn = await asyncpg.connect(
-        target.asyncpg_dsn, server_settings={"search_path": schema, "enable_seqscan": "off"}
-    )
-    try:
+    async with scratch_schema(url, "db_cost") as (conn, schema):
         for statement in alters:
             await conn.execute(statement)
-        await conn.execute("SET synchronous_commit = off")
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         rounds = _Rounds(conn, schema, batch)
         for n in range(max(10, turns // 4)):
@@ -139,9 +129,6 @@ async def measure(url: str, alters: tuple[str, ...], turns: int, batch: int) -> 
         for n in range(turns):
             await rounds.round(f"run{n}")
         spent = _backend_cpu(pid) - before
-    finally:
-        await conn.close()
-        await drop_pg_schema(target.asyncpg_dsn, schema)
     return spent / (turns * batch * 2) * 1e6
 
 

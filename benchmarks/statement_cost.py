@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
 
 import anyio
 import asyncpg
 
-from store import Store
-
-from .dbtarget import drop_pg_schema, parse_db_url
+from .dbtarget import parse_db_url
+from .scratch import scratch_schema
 
 TABLES = {
     "checks and generated columns": "(LIKE turnstore_messages INCLUDING ALL)",
@@ -90,17 +88,8 @@ async def _timed(conn: asyncpg.Connection, sql: str) -> float:
 async def measure(url: str, loops: int, repeat: int) -> dict[str, list[float]]:
     """µs per statement (INSERTs, by table and rows) and per turn row (UPDATEs), one value
     per repeat."""
-    target = parse_db_url(url)
-    assert target.asyncpg_dsn is not None
-    schema = f"statement_cost_{uuid.uuid4().hex[:8]}"
-    store = await Store.open(target.sqlalchemy_url(schema), schema=schema, pool_size=1)
-    await store.close()
-    conn = await asyncpg.connect(
-        target.asyncpg_dsn, server_settings={"search_path": schema, "enable_seqscan": "off"}
-    )
     seen: dict[str, list[float]] = {}
-    try:
-        await conn.execute("SET synchronous_commit = off")
+    async with scratch_schema(url, "statement_cost") as (conn, _schema):
         for n, definition in enumerate(TABLES.values()):
             await conn.execute(f"CREATE TABLE copy_{n} {definition}")
         await conn.execute(TURNS)
@@ -118,9 +107,6 @@ async def measure(url: str, loops: int, repeat: int) -> dict[str, list[float]]:
                                ("1 UPDATE of 8 rows", FENCES_AT_ONCE)):  # fmt: skip
                 spent = await _timed(conn, sql.format(loops=loops))
                 seen.setdefault(f"fences: {label}, per row", []).append(spent / loops / 8 * 1e6)
-    finally:
-        await conn.close()
-        await drop_pg_schema(target.asyncpg_dsn, schema)
     return seen
 
 

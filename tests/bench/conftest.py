@@ -41,3 +41,22 @@ async def _bench_schemas(run_id: str) -> list[str]:
     finally:
         await conn.close()
     return [r[0] for r in rows]
+
+
+async def schemas_named(prefix: str) -> list[str]:
+    """Schemas called ``<prefix>_...`` still present (a tool's scratch schemas: there
+    should be none once it returned)."""
+    conn = await asyncpg.connect(parse_db_url(PG_URL).asyncpg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE $1",
+            prefix.replace("_", "\\_") + "\\_%",
+        )
+    finally:
+        await conn.close()
+    return [r[0] for r in rows]
+
+
+@pytest.fixture
+def leftover_schemas() -> Callable[[str], Awaitable[list[str]]]:
+    return schemas_named
