@@ -98,18 +98,27 @@ async def _postgres_target() -> AsyncIterator[Target]:
         await _drop_schema(schema)
 
 
+def on_postgres(request: pytest.FixtureRequest) -> None:
+    """Record in the test report (junit XML: property database=postgres) that this test
+    ran against PostgreSQL: .ci/run counts them."""
+    if ("database", "postgres") not in request.node.user_properties:
+        request.node.user_properties.append(("database", "postgres"))
+
+
 @pytest.fixture(params=BACKENDS)
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     if request.param == "sqlite":
         yield Target("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", None)
         return
+    on_postgres(request)
     async with _postgres_target() as pg:
         yield pg
 
 
 @pytest.fixture
-async def pg_target() -> AsyncIterator[Target]:
+async def pg_target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
     """PostgreSQL only, for what only PostgreSQL has (pg_terminate_backend, ...)."""
+    on_postgres(request)
     async with _postgres_target() as pg:
         yield pg
 

@@ -16,7 +16,14 @@ PG_URL = os.environ.get("STORE_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1
 
 
 @pytest.fixture
-def pg_url() -> str:
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """The PostgreSQL URL. The test is recorded as run against PostgreSQL (see
+    tests/conftest.py's on_postgres) unless it is the SQLite case of a test parametrized
+    over ``backend``."""
+    callspec = getattr(request.node, "callspec", None)
+    sqlite_case = callspec is not None and callspec.params.get("backend") == "sqlite"
+    if not sqlite_case and ("database", "postgres") not in request.node.user_properties:
+        request.node.user_properties.append(("database", "postgres"))
     return PG_URL
 
 
