@@ -127,3 +127,28 @@ async def test_a_batch_fences_every_step_and_ends_every_turn_as_one_by_one(
         ]  # fmt: skip
     finally:
         await conn.close()
+
+
+async def test_two_steps_of_one_turn_in_one_batch_apply_the_first_only(pg_target: Target) -> None:
+    # The store never sends this (a turn's writes go one after the other); a caller that
+    # does gets the first step written and the second refused, never a mix of the two.
+    store = await pg_target.open()
+    await store.close()
+    conn = await asyncpg.connect(
+        asyncpg_dsn(pg_target.url), server_settings=server_settings(pg_target.schema)
+    )
+    try:
+        (claimed,) = await conn.fetch(APPLY, [as_record(_claim("a", "ta"))])
+        epoch = claimed["epoch"]
+        batch = [_step("a", "ta", epoch, 1, 1), _step("a", "ta", epoch, 2, 3), _claim("b", "tb")]
+        rows = await conn.fetch(APPLY, [as_record(w) for w in batch])
+        assert {row["ord"]: row["outcome"] for row in rows} == {
+            1: None, 2: "running:1", 3: "claimed",
+        }  # fmt: skip
+        steps = await conn.fetch(
+            "SELECT step, count(*) FROM turnstore_messages WHERE conversation_id = 'a'"
+            " GROUP BY step ORDER BY step"
+        )
+        assert [tuple(r) for r in steps] == [(0, 1), (1, 2)]
+    finally:
+        await conn.close()

@@ -18,9 +18,10 @@
 -- its turn id and conversation, and a
 -- write that does not pass is refused with its turn's status, as before. One write per
 -- turn is in flight at a time (the store's client sends a turn's writes one after the
--- other), so no two writes of a batch update the same turn; were a caller to send two, one
--- would be refused, never both applied. SQLite runs no such statement (see
--- sqlite/0008_batched_fences.sql).
+-- other), so no two writes of a batch update the same turn. A caller that sent two (steps
+-- k and k + 1 of one turn) would see only the first applied and the second refused, as if
+-- it had arrived first, where one by one both would pass (tests/test_apply.py). SQLite
+-- runs no such statement (see sqlite/0008_batched_fences.sql).
 
 CREATE OR REPLACE FUNCTION turnstore_apply(p_writes turnstore_write[])
 RETURNS TABLE (ord bigint, outcome text, turn_id text, status text, epoch bigint,
