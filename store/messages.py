@@ -114,16 +114,16 @@ def _check_json_value(value: Any, where: str) -> None:
         kind = type(item)  # the exact types first: the walk runs on every payload
         if kind is str:
             if "\x00" in item:
-                raise InvalidMessage(f"{where}: strings may not contain NUL characters")
+                raise _has_nul(where)
         elif kind is dict:
             for key, sub in item.items():
                 if type(key) is not str:
                     _check_key(key, where)
                 if "\x00" in key:
-                    raise InvalidMessage(f"{where}: strings may not contain NUL characters")
+                    raise _has_nul(where)
                 if type(sub) is str:
                     if "\x00" in sub:
-                        raise InvalidMessage(f"{where}: strings may not contain NUL characters")
+                        raise _has_nul(where)
                 else:
                     stack.append(sub)
         elif kind is list or kind is tuple:
@@ -132,6 +132,10 @@ def _check_json_value(value: Any, where: str) -> None:
             continue
         else:
             _check_other(item, stack, where)
+
+
+def _has_nul(where: str) -> InvalidMessage:
+    return InvalidMessage(f"{where}: strings may not contain NUL characters")
 
 
 def _check_key(key: Any, where: str) -> None:
@@ -144,12 +148,12 @@ def _check_other(item: Any, stack: list[Any], where: str) -> None:
     subclasses of str, int, dict, list and tuple (or other mappings)."""
     if isinstance(item, str):
         if "\x00" in item:
-            raise InvalidMessage(f"{where}: strings may not contain NUL characters")
+            raise _has_nul(where)
     elif isinstance(item, Mapping):
         for key, sub in item.items():
             _check_key(key, where)
             if "\x00" in key:
-                raise InvalidMessage(f"{where}: strings may not contain NUL characters")
+                raise _has_nul(where)
             stack.append(sub)
     elif isinstance(item, list | tuple):
         stack.extend(item)

@@ -53,7 +53,7 @@ BEGIN
             RAISE EXCEPTION 'turnstore_apply: unknown write kind %', w.kind
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        IF w.kind <> 'claim' THEN
+        IF w.kind <> 'claim' AND cardinality(p_writes) > 1 THEN  -- for the batch statements
             v_turns_written := v_turns_written || w.turn_id;
             v_conversations_written := v_conversations_written || w.conversation_id;
             v_steps := v_steps + (w.content IS NOT NULL)::integer;
