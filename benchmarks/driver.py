@@ -148,6 +148,7 @@ class Driver:
         """The turn handle, or None if there is no turn to run (refused, a duplicate, or an
         error, each counted)."""
         st = self.stats
+        asked = anyio.current_time()
         try:
             turn = await self.adapter.begin_turn(conv, text, key)
         except TurnRefused:
@@ -164,6 +165,7 @@ class Driver:
                 st.errors[f"duplicate wait: {type(exc).__name__}"] += 1
             return None
         st.turns_started += 1
+        st.start_ms.append((anyio.current_time() - asked) * 1000.0)
         return turn
 
     async def _step(

@@ -31,6 +31,9 @@ class RunStats:
     interrupts: Counter[str] = field(default_factory=Counter)  # by where the cancel landed
     errors: Counter[str] = field(default_factory=Counter)  # by exception type
     step_ms: list[float] = field(default_factory=list)  # step-commit latency
+    # turn-start latency: from begin_turn to the turn's handle (its claim, and any wait
+    # behind a turn still running on the conversation), for turns that started
+    start_ms: list[float] = field(default_factory=list)
     ledger: Ledger = field(default_factory=Ledger)
 
     def rate(self, count: int) -> float:

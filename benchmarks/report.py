@@ -29,7 +29,8 @@ SHORT = {
 def report_json(report: BenchReport) -> dict[str, Any]:
     """``{"params", "machine", "systems"}``, plus ``"cpu_us_per_step"`` ({system: {"process",
     "database"}}), ``"unique_steps"`` ({system: {"steps_per_s", "ratio_to_raw"}}: without
-    the steps a double submit made twice) and ``"sweep"`` ({W: systems}) with --sweep."""
+    the steps a double submit made twice), ``"turn_start"`` ({system: {"p50_ms",
+    "p99_ms"}}: begin_turn until the turn may run) and ``"sweep"`` ({W: systems}) with --sweep."""
     out: dict[str, Any] = {
         "params": report.params_json(),
         "machine": report.machine,
@@ -41,6 +42,10 @@ def report_json(report: BenchReport) -> dict[str, Any]:
             "steps_per_s": round(r.unique_steps_per_s, 3),
             "ratio_to_raw": round(r.unique_ratio_to_raw, 3),
         }
+        for name, r in report.main.items()
+    }
+    out["turn_start"] = {
+        name: {"p50_ms": round(r.p50_start_ms, 3), "p99_ms": round(r.p99_start_ms, 3)}
         for name, r in report.main.items()
     }
     if report.config.sweep:
@@ -99,6 +104,7 @@ def details_table(results: dict[str, SystemResult]) -> Table:
         "interrupts",
     ):  # fmt: skip
         t.add_column(col, justify="left" if col == "system" else "right")
+    t.add_column("turn start ms\np50 / p99", justify="right")
     t.add_column("CPU µs/step\nprocess + db", justify="right")
     t.add_column("errors / notes")
     for name, r in results.items():
@@ -115,6 +121,7 @@ def details_table(results: dict[str, SystemResult]) -> Table:
             str(c.get("double submits", 0)),
             str(c.get("duplicates refused", 0)),
             interrupts or "0",
+            f"{_ms(r.p50_start_ms)} / {_ms(r.p99_start_ms)}",
             _cpu_text(r.cpu_us_per_step),
             "\n".join(notes) or "-",
         )

@@ -32,6 +32,10 @@ class SystemResult:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     p99_lock_wait_ms: float = 0.0
+    #: turn-start latency (begin_turn until the turn may run): a system that runs one turn
+    #: at a time per conversation makes a turn wait here for the one before it
+    p50_start_ms: float = 0.0
+    p99_start_ms: float = 0.0
     lock_wait_reported: bool = False
     peak_rss_mb: float = 0.0
     rss_method: str = ""
@@ -135,6 +139,8 @@ async def run_system(
     result.turns_per_s = stats.rate(stats.turns_in_window)
     result.p50_ms = percentile(stats.step_ms, 50)
     result.p99_ms = percentile(stats.step_ms, 99)
+    result.p50_start_ms = percentile(stats.start_ms, 50)
+    result.p99_start_ms = percentile(stats.start_ms, 99)
     result.lock_wait_reported = adapter.reports_lock_wait
     result.p99_lock_wait_ms = percentile(adapter.lock_waits_ms, 99)
     result.counts.update(

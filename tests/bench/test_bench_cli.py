@@ -35,7 +35,11 @@ def test_postgres_run_in_child_processes_writes_json_and_chart(
                "--json", str(out), "--chart", str(chart)])  # fmt: skip
     assert rc == 0
     data = json.loads(out.read_text())
-    assert set(data) == {"params", "machine", "systems", "cpu_us_per_step", "unique_steps"}
+    assert set(data) == {
+        "params", "machine", "systems", "cpu_us_per_step", "unique_steps", "turn_start"
+    }  # fmt: skip
+    for start in data["turn_start"].values():  # every turn starts with a write: > 0
+        assert 0 < start["p50_ms"] <= start["p99_ms"]
     assert set(data["unique_steps"]) == {"raw", "naive"}
     assert data["unique_steps"]["raw"]["ratio_to_raw"] == 1.0
     assert list(data["systems"]) == ["raw", "naive"]

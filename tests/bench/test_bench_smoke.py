@@ -137,3 +137,16 @@ async def test_the_store_ends_a_turn_in_its_last_steps_write(
         writes[system] = r.counters["writes batched"] / r.counts["turns started"]
     assert 1 + CALM.steps <= writes["store"] < 1.01 + CALM.steps
     assert 2 + CALM.steps <= writes["store-end-apart"] < 2.01 + CALM.steps
+
+
+async def test_turn_start_shows_the_wait_behind_a_running_turn(pg_url: str) -> None:
+    """One conversation, four workers, no double submits: a store turn starts when the one
+    before it has ended (its start takes several step writes), where raw starts each turn
+    with one write of its own, whatever else runs on the conversation."""
+    one = WorkloadParams(workers=4, conversations=1, duration=1.0, double_submit=0, interrupt=0)
+    store = await run_system("store", ADAPTERS["store"], pg_url, one, f"s{os.getpid()}")
+    raw = await run_system("raw", ADAPTERS["raw"], pg_url, one, f"s{os.getpid()}")
+    assert store.p50_start_ms > 2 * store.p50_ms, (store.p50_start_ms, store.p50_ms)
+    assert 0 < raw.p50_start_ms < 2 * raw.p50_ms, (raw.p50_start_ms, raw.p50_ms)
+    for r in (store, raw):
+        assert r.p50_start_ms <= r.p99_start_ms
