@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark runs the README quotes, in one go (about 40 minutes on a 2-core machine).
+# The benchmark runs the README quotes, in one go (about 45 minutes on a 2-core machine).
 # Results land in benchmarks/results/: a .txt table, a .json and, where drawn, a .png each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,12 @@ bench postgres --db "$PG" --systems "$ALL" "${LOAD[@]}" --duration 20 --chart "$
 bench postgres-reversed --db "$PG" --systems "$ALL_REVERSED" "${LOAD[@]}" --duration 20
 bench postgres-again --db "$PG" --systems "$ALL" "${LOAD[@]}" --duration 20
 ratios "$OUT"/postgres{,-reversed,-again}.json | tee "$OUT/postgres-ratios.txt"
+#    the same load on turns that never meet (1,024 conversations, no double submits): what
+#    the writes cost, without the wait behind a running turn or a double submit's 2nd copy
+SPREAD=(-W 32 -C 1024 -S 2 -K 3 --double-submit 0 --interrupt 0.1 --duration 20)
+bench spread --db "$PG" --systems store,raw "${SPREAD[@]}"
+bench spread-reversed --db "$PG" --systems raw,store "${SPREAD[@]}"
+ratios "$OUT"/spread{,-reversed}.json | tee "$OUT/spread-ratios.txt"
 # 2. one hot conversation, every turn double-submitted: two runs, in both orders
 HOT=(-W 32 -C 1 -S 2 -K 3 --double-submit 1.0 --interrupt 0 --duration 20)
 bench hot --db "$PG" --systems store,store-end-apart,raw,raw-locked "${HOT[@]}"
