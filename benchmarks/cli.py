@@ -22,11 +22,9 @@ from pathlib import Path
 from rich.console import Console
 
 from .adapters import ADAPTERS
-from .dbtarget import parse_db_url
+from .dbtarget import DEFAULT_DB, parse_db_url
 from .runner import BenchConfig, run_benchmark
 from .workload import WorkloadParams
-
-DEFAULT_DB = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
 def _rate(text: str) -> float:

@@ -29,7 +29,7 @@ from store import AssistantMessage, Store, StoreConfig, ToolResult
 from store.backends.base import ClaimRequest
 
 from .adapters.store_adapter import _message, _results
-from .dbtarget import parse_db_url
+from .dbtarget import DEFAULT_DB, parse_db_url
 from .workload import PayloadPool, StepPlan, TurnFactory, WorkloadParams
 
 
@@ -112,7 +112,7 @@ async def measure(url: str, turns: int, workers: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.client_cost")
-    parser.add_argument("--db", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--db", default=DEFAULT_DB)
     parser.add_argument("--turns", type=int, default=3200)
     parser.add_argument("--workers", type=int, default=32)
     args = parser.parse_args(argv)

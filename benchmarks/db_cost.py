@@ -28,7 +28,7 @@ import asyncpg
 from store.backends.base import ClaimRequest, StepWrite, TurnEnd, lock_key
 from store.backends.postgres import as_record
 
-from .dbtarget import parse_db_url
+from .dbtarget import DEFAULT_DB, parse_db_url
 from .scratch import scratch_schema
 
 APPLY = "SELECT * FROM turnstore_apply($1::turnstore_write[])"
@@ -134,7 +134,7 @@ async def measure(url: str, alters: tuple[str, ...], turns: int, batch: int) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.db_cost")
-    parser.add_argument("--db", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--db", default=DEFAULT_DB)
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=5)

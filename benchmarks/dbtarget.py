@@ -38,6 +38,10 @@ class DbTarget:
         return p.with_name(f"{p.stem}.{schema}{p.suffix or '.db'}")
 
 
+#: the server the benchmarks use unless told otherwise (``--db``)
+DEFAULT_DB = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
 def parse_db_url(url: str) -> DbTarget:
     """Accept ``postgresql://``, ``postgres://``, ``postgresql+asyncpg://`` (SQLAlchemy style),
     ``sqlite:///path`` and ``sqlite+aiosqlite:///path``."""

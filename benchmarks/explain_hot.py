@@ -18,7 +18,7 @@ import asyncpg
 
 from store import AssistantMessage, Store, ToolCall, ToolResult
 
-from .dbtarget import parse_db_url
+from .dbtarget import DEFAULT_DB, parse_db_url
 
 HTML = "<section><h2>Menu</h2><p>" + "sourdough, rye, " * 20 + "</p></section>"
 
@@ -93,7 +93,7 @@ async def main_async(url: str, turns: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.explain_hot")
-    parser.add_argument("--db", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--db", default=DEFAULT_DB)
     parser.add_argument("--turns", type=int, default=2000)
     args = parser.parse_args()
     anyio.run(main_async, args.db, args.turns)

@@ -32,7 +32,7 @@ from store import AssistantMessage, Store, ToolCall, ToolResult
 from store.replay import PROVIDERS, Repair, build_request
 from store.replay.readers import from_stored_messages
 
-from .dbtarget import parse_db_url
+from .dbtarget import DEFAULT_DB, parse_db_url
 
 RAW_SELECT = (
     "SELECT position, role, turn_id, step, tool_call_count, content::text, tool_call_id,"
@@ -127,7 +127,7 @@ async def main_async(url: str, messages: int, repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.replay_speed")
-    parser.add_argument("--db", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--db", default=DEFAULT_DB)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()

@@ -27,7 +27,7 @@ import time
 import anyio
 import asyncpg
 
-from .dbtarget import parse_db_url
+from .dbtarget import DEFAULT_DB, parse_db_url
 from .scratch import scratch_schema
 
 TABLES = {
@@ -112,7 +112,7 @@ async def measure(url: str, loops: int, repeat: int) -> dict[str, list[float]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.statement_cost")
-    parser.add_argument("--db", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--db", default=DEFAULT_DB)
     parser.add_argument("--loops", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)

@@ -24,7 +24,7 @@ import anyio
 
 from store import AssistantMessage, Store, StoreConfig, ToolCall, ToolResult
 
-from .dbtarget import drop_pg_schema, parse_db_url, remove_sqlite_files
+from .dbtarget import DEFAULT_DB, drop_pg_schema, parse_db_url, remove_sqlite_files
 
 HTML = "<section><h2>Menu</h2><p>" + "sourdough, rye, " * 20 + "</p></section>"
 
@@ -69,7 +69,7 @@ async def measure(url: str, turns: int, sample: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.turn_growth")
-    parser.add_argument("--db", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--db", default=DEFAULT_DB)
     parser.add_argument("--turns", type=int, default=3000)
     parser.add_argument("--sample", type=int, default=200)
     args = parser.parse_args(argv)

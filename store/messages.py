@@ -124,6 +124,7 @@ def _check_json_value(value: Any, where: str) -> bool:
             for key, sub in item.items():
                 if type(key) is not str:
                     _check_key(key, where)
+                    plain = False  # a str subclass: orjson takes only str keys
                 if "\x00" in key:
                     raise _has_nul(where)
                 if type(sub) is str:
