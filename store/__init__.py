@@ -11,10 +11,14 @@ from .errors import (
     IntegrityViolation,
     InvalidMessage,
     LeaseLost,
+    OutcomeUnknown,
     SchemaError,
     StoreError,
+    StoreUnavailable,
     TurnFinished,
     TurnNotFound,
+    TurnTakenOver,
+    WriteNotApplied,
 )
 from .messages import AssistantMessage, Limits, StoredMessage, ToolCall, ToolResult
 from .store import DEFAULT_URL, Store, StoreConfig, TurnInfo
@@ -29,11 +33,13 @@ __all__ = [
     "InvalidMessage",
     "LeaseLost",
     "Limits",
+    "OutcomeUnknown",
     "SchemaError",
     "StepBuffer",
     "Store",
     "StoreConfig",
     "StoreError",
+    "StoreUnavailable",
     "StoredMessage",
     "ToolCall",
     "ToolResult",
@@ -42,4 +48,6 @@ __all__ = [
     "TurnInfo",
     "TurnNotFound",
     "TurnOutcome",
+    "TurnTakenOver",
+    "WriteNotApplied",
 ]

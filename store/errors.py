@@ -34,6 +34,23 @@ class LeaseLost(StoreError):
     conversation's history is intact and the new turn carries on from it."""
 
 
+class TurnTakenOver(LeaseLost):
+    """``begin_turn``: this submit's turn was started while its submitter was away (its
+    process paused past the lease), and another turn took the conversation over. The turn's
+    user message is in history, once (``turn_id``); nothing else of it was written. Submit
+    again with a new idempotency key to go on from that history."""
+
+    def __init__(self, conversation_id: str, turn_id: str, status: str) -> None:
+        self.conversation_id = conversation_id
+        self.turn_id = turn_id
+        self.status = status
+        super().__init__(
+            f"turn {turn_id} of conversation {conversation_id!r} was started while its "
+            f"submitter was away and then taken over ({status}); its user message is in "
+            "history. Submit again with a new idempotency key to continue"
+        )
+
+
 class TurnFinished(StoreError):
     """The turn has already ended (finished, failed, interrupted or taken over); it accepts
     no more writes. Begin a new turn."""
@@ -56,3 +73,21 @@ class SchemaError(StoreError):
 class IntegrityViolation(StoreError):
     """The database refused a write because it would break an invariant (pairing, dense
     positions, one running turn). The write was rolled back; nothing was committed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached, or the connection broke, and retrying for
+    ``StoreConfig.retry_seconds`` did not help. The two subclasses say what happened to the
+    write: ``WriteNotApplied`` (nothing was written) or ``OutcomeUnknown``."""
+
+
+class WriteNotApplied(StoreUnavailable):
+    """Nothing of this call was written: the database refused it or could not be reached
+    before anything was sent. Retry the call (or another) once the database is back."""
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The connection broke after the write was sent: it may have committed or not. Call the
+    same write again (same turn, same content): it is answered exactly, with the first
+    outcome if it landed, and never written twice. A different write on the same turn first
+    settles this one: applied after it if it landed, in its place if it did not."""
