@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -29,3 +30,26 @@ def test_the_readme_starts_with_the_two_commands() -> None:
     block = lines[lines.index("```bash") + 1 : lines.index("```bash") + 3]
     assert block[0].endswith("python -m store demo")
     assert block[1].endswith("python -m pytest")
+
+
+def test_the_replay_example_reads_a_file_of_the_repository() -> None:
+    """The README's ``replay --input FILE`` example runs as written from a fresh clone: the
+    file it names is in the repository, and it prints the bug report's three orphans."""
+    text = README.read_text()
+    example = re.search(r"(\.venv/bin/python -m store replay [^\n]*\\\n[^\n]*--input [^\n]*)", text)
+    assert example, "the README's replay --input example is missing"
+    argv = example.group(1).replace("\\\n", " ").split()
+    path = argv[argv.index("--input") + 1]
+    assert not path.startswith(("/", "..")), f"{path} lies outside the repository"
+    assert (README.parent / path).is_file()
+    result = subprocess.run(
+        [sys.executable, *argv[1:]],
+        cwd=README.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    repairs = json.loads(result.stdout)["repairs"]
+    orphans = {r["call_id"] for r in repairs if r["kind"] == "orphan_result"}
+    assert orphans == {"call_37ac", "call_dc2b", "call_a9df"}

@@ -5,7 +5,7 @@ Row shape (DESIGN.md): ``ai_messages(id, conversation_id, position, role, conten
 tool_call_id, tool_name, created_at)``, unique ``(conversation_id, position)``; the token and
 cost columns are left out. Positions count from 0. A step is an assistant text row (the
 runner's ``text`` event), one assistant row per tool call, then one ``tool`` row per result,
-as in ``shared/fixtures/instatic-bricked-conversation.json``. Unlike Instatic, a successful
+as in ``tests/replay/data/instatic-bricked-conversation.json``. Unlike Instatic, a successful
 result keeps its output (``{"kind": "toolResult", "ok": true, "output": ...}``) so that every
 system under test stores the same payload bytes.
 """

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from benchmarks.checker import KINDS, CheckRow, Ledger, check
 from benchmarks.readback import _agent_items
 
@@ -158,22 +156,13 @@ def test_agents_sdk_items_are_mapped_like_its_history() -> None:
     )
 
 
-def _fixture() -> Path:
-    root = Path(__file__).resolve().parents[2]
-    name = "instatic-bricked-conversation.json"
-    for folder in (
-        root / "fixtures",
-        root / "tests" / "fixtures",
-        root.parent / "shared" / "fixtures",
-    ):
-        if (folder / name).exists():
-            return folder / name
-    pytest.fail(f"{name} not found beside the repository (shared/fixtures) nor in it")
+# the bug report's conversation, kept in the repository (the replay tests read it too)
+FIXTURE = Path(__file__).parents[1] / "replay" / "data" / "instatic-bricked-conversation.json"
 
 
 def test_the_bricked_conversation_fixture() -> None:
     """The real corrupted conversation: 35 results for 32 calls, the prompt at 88 and 89."""
-    data = json.loads(_fixture().read_text())
+    data = json.loads(FIXTURE.read_text())
     rows = []
     for r in data["rows"]:
         texts = [b["text"] for b in r["content_json"] if b.get("kind") == "text"]
