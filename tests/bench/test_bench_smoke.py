@@ -84,7 +84,7 @@ async def test_no_violation_without_double_submits_or_interrupts(system: str, pg
     """Turns still race on the 4 conversations (8 workers), but each of these systems writes
     a step in one transaction, so the checker must find nothing at all."""
     r = await run_system(system, ADAPTERS[system], pg_url, CALM, f"c{os.getpid()}")
-    assert r.counts["steps committed"] > 20
+    assert r.counts["steps committed"] > 0  # how many fit in the second is the machine's
     assert r.violations == dict.fromkeys(KINDS, 0)
     assert r.counts["rows checked"] > 0
 
@@ -121,32 +121,39 @@ async def test_lock_wait(pg_url: str) -> None:
     assert not sdk.lock_wait_reported
 
 
+# one worker, so no turn ever waits for another: every write a turn makes is its own
+SOLO = WorkloadParams(
+    workers=1, conversations=2, steps=2, tool_calls=3, duration=0.5,
+    double_submit=0.0, interrupt=0.0, seed=13,
+)  # fmt: skip
+
+
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 async def test_the_store_ends_a_turn_in_its_last_steps_write(
     backend: str, pg_url: str, sqlite_url: str
 ) -> None:
-    """Without double submits or interrupts, a store turn is a claim and S writes (the last
-    step carries the end); with the end apart, S + 1 writes after the claim. (A waiting
-    submit may, rarely, poll once when it learns no holder here at that moment: a write
-    more in some hundreds of turns.)"""
+    """A store turn is a claim and S writes (the last step carries the end); with the end
+    apart, a claim and S + 1 writes. One worker runs its turns one after the other, so no
+    submit waits, polls or rides in another turn's write: the count is exact, whatever the
+    machine's speed (how many turns fit in the run is not, and is not asserted)."""
     url = pg_url if backend == "postgres" else sqlite_url
-    writes = {}
-    for system in ("store", "store-end-apart"):
-        r = await run_system(system, ADAPTERS[system], url, CALM, f"e{os.getpid()}")
-        assert r.counts["turns committed"] == r.counts["turns started"] > 0
-        writes[system] = r.counters["writes batched"] / r.counts["turns started"]
-    assert 1 + CALM.steps <= writes["store"] < 1.01 + CALM.steps
-    assert 2 + CALM.steps <= writes["store-end-apart"] < 2.01 + CALM.steps
+    for system, per_turn in (("store", 1 + SOLO.steps), ("store-end-apart", 2 + SOLO.steps)):
+        r = await run_system(system, ADAPTERS[system], url, SOLO, f"e{os.getpid()}")
+        turns = r.counts["turns started"]
+        assert r.counts["turns committed"] == turns > 0
+        assert r.counts["steps committed"] == SOLO.steps * turns
+        assert r.counters["writes batched"] == per_turn * turns, (system, r.counters, turns)
+        assert r.violations == dict.fromkeys(KINDS, 0)
 
 
-async def test_turn_start_shows_the_wait_behind_a_running_turn(pg_url: str) -> None:
-    """One conversation, four workers, no double submits: a store turn starts when the one
-    before it has ended (its start takes several step writes), where raw starts each turn
-    with one write of its own, whatever else runs on the conversation."""
+async def test_turn_start_latency_is_reported(pg_url: str) -> None:
+    """Every turn's start (begin_turn until the turn may run) is timed: one write at least,
+    so above zero. How a store turn's start compares with raw's (it waits for the turn
+    before it on its conversation) is a measurement that moves with the machine's load: the
+    benchmark reports it (``turn_start`` in its JSON, benchmarks/results), a test does not
+    assert it."""
     one = WorkloadParams(workers=4, conversations=1, duration=1.0, double_submit=0, interrupt=0)
-    store = await run_system("store", ADAPTERS["store"], pg_url, one, f"s{os.getpid()}")
-    raw = await run_system("raw", ADAPTERS["raw"], pg_url, one, f"s{os.getpid()}")
-    assert store.p50_start_ms > 2 * store.p50_ms, (store.p50_start_ms, store.p50_ms)
-    assert 0 < raw.p50_start_ms < 2 * raw.p50_ms, (raw.p50_start_ms, raw.p50_ms)
-    for r in (store, raw):
-        assert r.p50_start_ms <= r.p99_start_ms
+    for system in ("store", "raw"):
+        r = await run_system(system, ADAPTERS[system], pg_url, one, f"s{os.getpid()}")
+        assert r.counts["turns started"] > 0
+        assert 0 < r.p50_start_ms <= r.p99_start_ms, (system, r.p50_start_ms, r.p99_start_ms)
