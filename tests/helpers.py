@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable
+
+import anyio
+
 from store import AssistantMessage, Store, StoreConfig, ToolCall, ToolResult
 from store.checker import check
 
@@ -34,3 +39,41 @@ async def count_rows(store: Store, conversation_id: str | None = None) -> tuple[
         messages = [m for m in messages if m.conversation_id == conversation_id]
     report_turns = len(turns)
     return report_turns, len(messages)
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 30.0
+) -> None:
+    """Wait until ``condition()`` holds (checked every 10 ms): a test that needs another
+    task to have reached a state waits for that state, never for a guessed time. The
+    timeout only guards against a hang."""
+    with anyio.fail_after(timeout):
+        while True:
+            held = condition()
+            if inspect.isawaitable(held):
+                held = await held
+            if held:
+                return
+            await anyio.sleep(0.01)
+
+
+async def queued(store: Store, conversation_id: str) -> int:
+    """How many turns wait in line for ``conversation_id``."""
+    async with store.backend.read() as tx:
+        turns = await tx.all("check_turns")
+    return sum(1 for t in turns if t.conversation_id == conversation_id and t.status == "queued")
+
+
+async def wait_queued(store: Store, conversation_id: str, count: int) -> None:
+    """Wait until ``count`` turns wait in line for ``conversation_id``."""
+
+    async def enough() -> bool:
+        return await queued(store, conversation_id) >= count
+
+    await wait_until(enough)
+
+
+def lingering(store: Store) -> int:
+    """How many writes of this store linger in its group commit, waiting to ride in another
+    write's batch (``store.group_commit``)."""
+    return sum(1 for p in store.backend._writes._queue if p.lingering)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from store import ConversationBusy, Store, claim
 from store.claim import Submit
 
 from .conftest import OpenStore
-from .helpers import SLOW_POLLS, assert_clean, count_rows, step
+from .helpers import SLOW_POLLS, assert_clean, count_rows, step, wait_queued
 
 
 async def _status(store: Store, turn_id: str) -> str:
@@ -43,7 +43,7 @@ async def test_ending_a_turn_starts_the_next_one_in_line(
             done.set()
 
         tg.start_soon(submit)
-        await anyio.sleep(0.3)  # "second" waits in line
+        await wait_queued(store, "c", 1)  # "second" waits in line
         waiting = await _queued_turn_id(store, "c")
         await first.commit_step(*step("s1"))
         await first.finish("done")
@@ -83,7 +83,7 @@ async def test_a_waiter_in_this_process_is_told_without_polling(
                 started.append(await store.begin_turn("c", "second", timeout=60))
 
             tg.start_soon(submit)
-            await anyio.sleep(0.3)
+            await wait_queued(store, "c", 1)
             await first.finish()
     assert polls == []
     await started[0].finish()
@@ -144,7 +144,7 @@ async def test_a_cancelled_waiter_that_was_handed_over_ends_its_turn_and_passes_
     second_submitter = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_submit_in, second_submitter, other, "second")
-        await anyio.sleep(0.3)
+        await wait_queued(store, "c", 1)
         second = await _queued_turn_id(store, "c")
 
         async def submit_third() -> None:
@@ -152,7 +152,7 @@ async def test_a_cancelled_waiter_that_was_handed_over_ends_its_turn_and_passes_
             started.set()
 
         tg.start_soon(submit_third)
-        await anyio.sleep(0.3)
+        await wait_queued(store, "c", 2)
         await first.finish()  # hands over to "second", whose submitter sleeps
         assert await _status(store, second) == "running"
         second_submitter.cancel()  # it gives up, learns it was started, ends it
@@ -182,7 +182,7 @@ async def test_a_timed_out_waiter_leaves_the_line_and_the_next_one_is_handed_ove
             started.append(await store.begin_turn("c", "patient", timeout=30))
 
         tg.start_soon(submit)
-        await anyio.sleep(0.2)
+        await wait_queued(store, "c", 1)
         await first.finish()
     await started[0].finish()
     assert [m.text for m in await store.history("c")] == ["first", "patient"]

@@ -13,7 +13,7 @@ import pytest
 from store import ConversationBusy, Store, claim
 
 from .conftest import Target
-from .helpers import SLOW_POLLS, assert_clean, step
+from .helpers import SLOW_POLLS, assert_clean, lingering, step, wait_until
 
 
 def _since(store: Store, before: tuple[int, int]) -> tuple[int, int]:
@@ -39,7 +39,7 @@ async def test_a_submit_behind_a_local_turn_rides_in_that_turns_next_step(store:
             queued.append(await store.begin_turn("c", "second", timeout=60))
 
         tg.start_soon(submit)
-        await anyio.sleep(0.2)
+        await wait_until(lambda: lingering(store) == 1)
         assert _since(store, before) == (0, 0)  # the second submit has sent nothing yet
         await first.commit_step(*step("s1"))
         assert _since(store, before) == (1, 2)  # its claim rode with the step
@@ -74,13 +74,13 @@ async def test_the_next_submit_of_a_handed_over_conversation_rides_with_its_new_
             third.append(await store.begin_turn("c", "third", timeout=60))
 
         tg.start_soon(wait_in_line)
-        await anyio.sleep(0.2)
+        await wait_until(lambda: lingering(store) == 1)
         await first.commit_step(*step("s1"))  # "second" rides with it: it waits in line
         before = store.backend.write_batches()
         tg.start_soon(finish_then_submit)
         with anyio.fail_after(10):
             await started.wait()
-        await anyio.sleep(0.2)
+        await wait_until(lambda: lingering(store) == 1)  # "third"
         assert _since(store, before) == (1, 1)  # the end; "third" lingers
         (second,) = handed
         await second.commit_step(*step("s2"))
@@ -139,12 +139,12 @@ async def test_a_submit_that_rides_with_the_holders_end_gets_the_turn_without_a_
                 has_it.set()
 
             tg.start_soon(submit)
-            await anyio.sleep(0.2)
+            await wait_until(lambda: lingering(store) == 1)
             before = store.backend.write_batches()
-            with anyio.fail_after(2):  # well before a poll
+            with anyio.fail_after(30):  # a guard against a hang, not a measure
                 await first.finish()
                 await has_it.wait()
-            assert _since(store, before) == (1, 2)  # the end and the claim, nothing else
+            assert _since(store, before) == (1, 2)  # the end and the claim: no poll
         (second,) = got
         assert second.status == "running"
         await second.finish()
@@ -164,11 +164,12 @@ async def test_a_waiter_is_not_woken_when_another_turn_here_took_the_conversatio
     store = await target.open(config=SLOW_POLLS, pool_size=1)  # one batch at a time
     writes = store.backend._writes  # type: ignore[attr-defined]
     apply, slow = writes._apply, []
+    release = anyio.Event()
 
     async def slowly(batch: Any) -> Any:
         if slow:
             slow.clear()
-            await anyio.sleep(1.0)  # long enough for the others to queue behind it
+            await release.wait()  # until the others have queued behind it
         return await apply(batch)
 
     writes._apply = slowly
@@ -185,21 +186,25 @@ async def test_a_waiter_is_not_woken_when_another_turn_here_took_the_conversatio
 
             slow.append(True)
             tg.start_soon(others[0].commit_step, *step("d"))  # holds the batch slot
-            await anyio.sleep(0.05)
+            await wait_until(lambda: writes._running == 1)
             before = store.backend.write_batches()
             tg.start_soon(submit, "second")
-            await anyio.sleep(0.05)
+            await wait_until(lambda: lingering(store) == 1)
             tg.start_soon(submit, "third")
-            await anyio.sleep(0.05)
+            await wait_until(lambda: lingering(store) == 2)
             tg.start_soon(others[1].commit_step, *step("e"))  # will lead the next batch
-            await anyio.sleep(0.05)
+            await wait_until(lambda: len(writes._queue) == 3)
             tg.start_soon(holder.finish)  # rides in it
-            with anyio.fail_after(2):
+            await wait_until(lambda: len(writes._queue) == 4)
+            release.set()
+            with anyio.fail_after(30):
                 await done["second"].wait()
+            # a wrongly woken waiter polls at once; a rightly sleeping one not before its
+            # heartbeat period (SLOW_POLLS: 10 s), far beyond this
             await anyio.sleep(0.5)
             assert _since(store, before) == (1, 4)  # no poll by the one still waiting
             await got["second"].finish()
-            with anyio.fail_after(2):
+            with anyio.fail_after(30):
                 await done["third"].wait()
             await got["third"].finish()
         for turn in others:
