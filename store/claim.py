@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from .backends.base import ClaimRequest, ClaimRow, StepWrite, TurnEnd, Tx
-from .errors import ConversationBusy, InvalidMessage
+from .errors import ConversationBusy, InvalidMessage, OutcomeUnknown, TurnTakenOver
 from .messages import (
     INTERRUPTED,
     AssistantMessage,
@@ -77,11 +77,23 @@ class Queued:
     turn_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """The submit's turn was started (its user message written) and has since ended
+    without its submitter: taken over while it was away, or ended."""
+
+    turn_id: str
+    status: str
+
+
 class Busy:
     pass
 
 
-Decision = Claimed | Duplicate | Queued | Busy
+Decision = Claimed | Duplicate | Queued | Busy | TakenOver
+
+#: A turn that has run: a poll or a retry for it must not claim it again.
+RAN = frozenset({"expired", "finished", "failed", "interrupted"})
 
 
 async def begin_turn(
@@ -118,18 +130,30 @@ async def begin_turn(
         if earlier is not None and earlier.content_hash == submit.content_hash:
             await earlier.decided.wait()
             decision = earlier.duplicate
-    turn_id = f"turn_{uuid.uuid4().hex}"
+    # The same submit again after its claim's outcome was unknown: the same turn id, so
+    # that a claim that landed is recognised as this submit's own, not as a duplicate.
+    unknown = (conversation_id, idempotency_key or submit.content_hash)
+    resumed = store.unknown_claims.pop(unknown, None)
+    turn_id = resumed or f"turn_{uuid.uuid4().hex}"
     with store.wakeups.deciding(conversation_id, turn_id):
         if decision is None:
             with store.wakeups.submitting(
                 conversation_id, idempotency_key, submit.content_hash
             ) as f:
-                decision = await _decide(store, submit, turn_id, on_busy, first=True)
+                try:
+                    decision = await _decide(
+                        store, submit, turn_id, on_busy, first=True, retry=resumed is not None
+                    )
+                except OutcomeUnknown:
+                    store.unknown_claims[unknown] = turn_id
+                    raise
                 f.duplicate = _as_duplicate(decision)
         if isinstance(decision, Queued):
             decision = await _wait_in_queue(store, submit, decision.turn_id, started + timeout)
     if isinstance(decision, Busy):
         raise ConversationBusy(conversation_id, waited=anyio.current_time() - started)
+    if isinstance(decision, TakenOver):
+        raise TurnTakenOver(conversation_id, decision.turn_id, decision.status)
     if isinstance(decision, Duplicate):
         return Turn(
             store,
@@ -143,8 +167,16 @@ async def begin_turn(
 
 
 async def _decide(
-    store: Store, submit: Submit, turn_id: str, on_busy: OnBusy, *, first: bool
+    store: Store,
+    submit: Submit,
+    turn_id: str,
+    on_busy: OnBusy,
+    *,
+    first: bool,
+    retry: bool = False,
 ) -> Decision:
+    """One claim decision (retried on transient failures: each retry asks the database
+    whether the attempt before it landed). ``retry``: an earlier call's attempt may have."""
     attempts = 0
     # A turn of this process holds the conversation: this submit will queue behind it (or
     # is a duplicate), and that turn's next write comes within moments. Ride in its batch
@@ -172,16 +204,16 @@ async def _decide(
                 window_seconds=store.config.duplicate_window_seconds,
                 fail_when_busy=on_busy == "fail",
                 first=first,
-                retry=attempts > 1,
+                retry=retry or attempts > 1,
             ),
             linger=wait,
         )
         if fast is not None and fast.decision != "recover":
             return _from_row(fast, submit)
-        retry = attempts > 1
+        again = retry or attempts > 1
 
         async def decide(tx: Tx) -> Decision:
-            if retry:
+            if again:
                 # The connection broke during the first attempt: did its COMMIT land?
                 landed = await _own_landed_attempt(tx, turn_id, submit.conversation_id)
                 if landed is not None:
@@ -213,6 +245,8 @@ def _from_row(row: ClaimRow, submit: Submit) -> Decision:
         return Queued(row.turn_id)
     if row.decision == "busy":
         return Busy()
+    if row.decision == "taken_over":
+        return TakenOver(row.turn_id, row.status or "expired")
     if row.decision == "key_reused":
         raise _key_reused(submit)
     raise AssertionError(f"unknown claim decision {row.decision!r}")
@@ -227,6 +261,8 @@ def _key_reused(submit: Submit) -> InvalidMessage:
 
 async def _own_landed_attempt(tx: Tx, turn_id: str, conversation_id: str) -> Decision | None:
     state = await tx.one("turn_state", turn_id=turn_id)
+    if state is not None and state.status in RAN:
+        return TakenOver(turn_id, state.status)
     if state is None or state.status not in ("running", "queued"):
         return None
     if state.status == "queued":
@@ -250,6 +286,8 @@ async def _decide_in(
         state = await tx.one("turn_state", turn_id=turn_id)
         if state is not None and state.status == "running":
             return await _started(tx, turn_id, cid, state.epoch)
+        if state is not None and state.status in RAN:  # and lost it while its submitter
+            return TakenOver(turn_id, state.status)  # was away: never claim it again
     if first:
         earlier = await _earlier_submit(store, tx, submit)
         if earlier is not None:
@@ -385,7 +423,7 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
                 return _from_row(waiter.handed, submit)
         except BaseException:
             started = await _give_up(store, submit, turn_id, "the submitter stopped waiting")
-            if started is not None:  # handed over as it gave up: end the turn it never ran
+            if isinstance(started, Claimed):  # handed over as it gave up: end the turn
                 with anyio.CancelScope(shield=True):
                     await _turn(store, cid, started).end_quietly(
                         "interrupted", "the submitter stopped waiting"
@@ -395,20 +433,25 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
     return started if started is not None else Busy()
 
 
-async def _give_up(store: Store, submit: Submit, turn_id: str, why: str) -> Claimed | None:
+async def _give_up(
+    store: Store, submit: Submit, turn_id: str, why: str
+) -> Claimed | TakenOver | None:
     """Leave the line. If the turn was handed the conversation just before (it runs, its
-    message written), return it: the caller runs it or ends it."""
+    message written), return it: the caller runs it or ends it; if it was handed over and
+    has run since, say so."""
     cid = submit.conversation_id
 
-    async def leave(tx: Tx) -> Claimed | None:
+    async def leave(tx: Tx) -> Claimed | TakenOver | None:
         if await tx.run("refuse_queued_turn", turn_id=turn_id, conversation_id=cid, error=why):
             return None
         state = await tx.one("turn_state", turn_id=turn_id)
         if state is not None and state.status == "running":
             return await _started(tx, turn_id, cid, state.epoch)
+        if state is not None and state.status in RAN:
+            return TakenOver(turn_id, state.status)
         return None
 
-    def attempt() -> Awaitable[Claimed | None]:
+    def attempt() -> Awaitable[Claimed | TakenOver | None]:
         return store.backend.transaction(cid, leave)
 
     with anyio.CancelScope(shield=True):

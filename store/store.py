@@ -16,8 +16,8 @@ import anyio
 from sqlalchemy.engine import URL, make_url
 
 from . import claim
-from .backends.base import Backend, ClaimRow, TurnEnd, Tx
-from .errors import SchemaError, TurnNotFound
+from .backends.base import DEFAULT_RETRY_SECONDS, Backend, ClaimRow, TurnEnd, Tx
+from .errors import SchemaError, StoreUnavailable, TurnNotFound
 from .history import as_datetime, read_history, read_replay_rows
 from .messages import Content, Limits, StoredMessage
 from .replay.fast import replay_rows
@@ -48,6 +48,11 @@ class StoreConfig:
     """A queued submit polls the database after this long, doubling up to the maximum (a
     turn ending in the same process wakes the oldest local waiter at once)."""
     poll_max_seconds: float = 0.1
+    retry_seconds: float = DEFAULT_RETRY_SECONDS
+    """How long a call retries transient failures (a broken connection, a server
+    restarting, ``database is locked``, a serialization failure) with jittered backoff
+    before it raises ``WriteNotApplied`` or ``OutcomeUnknown`` (``StoreUnavailable`` for a
+    read). 0: no retry."""
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -76,9 +81,13 @@ class Store:
     def __init__(self, backend: Backend, config: StoreConfig) -> None:
         self.backend = backend
         self.config = config
+        backend.retry_seconds = config.retry_seconds
         self.limits = config.limits
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wakeups = LocalWakeups()
+        #: claims whose outcome is unknown, by (conversation, idempotency key or content
+        #: hash): the same submit again reuses the turn id, to be answered exactly
+        self.unknown_claims: dict[tuple[str, str], str] = {}
 
     @staticmethod
     def open(
@@ -195,7 +204,7 @@ class Store:
             async with self.backend.read() as tx:
                 return await tx.one("turn_info", turn_id=turn_id)
 
-        row = await self.backend.retrying(read)
+        row = await self.backend.retrying(read, write=False)
         if row is None:
             raise TurnNotFound(f"no turn {turn_id!r}")
         return TurnInfo(
@@ -242,7 +251,7 @@ class Store:
         messages, starting earlier if needed so that no step is cut in half."""
 
         return await self.backend.retrying(
-            lambda: read_history(self.backend, conversation_id, last)
+            lambda: read_history(self.backend, conversation_id, last), write=False
         )
 
     async def replay(
@@ -259,7 +268,7 @@ class Store:
         last=last)), provider, unanswered=unanswered)`` returns, in a fraction of the time
         (history this store wrote is formatted straight from its rows)."""
         rows = await self.backend.retrying(
-            lambda: read_replay_rows(self.backend, conversation_id, last)
+            lambda: read_replay_rows(self.backend, conversation_id, last), write=False
         )
         return replay_rows(rows, provider, unanswered=unanswered)
 
@@ -303,6 +312,15 @@ class _Opening:
                 await backend.migrate()
             else:
                 await check_schema(backend)
+        except Exception as exc:
+            await backend.close()
+            if backend.failure(exc) is not None:
+                where = make_url(self._url).render_as_string(hide_password=True)
+                raise StoreUnavailable(
+                    f"cannot reach the database at {where} ({exc}); is the server running "
+                    "and the URL right?"
+                ) from exc
+            raise
         except BaseException:
             await backend.close()
             raise

@@ -24,7 +24,10 @@ from .errors import (
     IntegrityViolation,
     InvalidMessage,
     LeaseLost,
+    OutcomeUnknown,
+    StoreUnavailable,
     TurnFinished,
+    WriteNotApplied,
 )
 from .messages import (
     INTERRUPTED,
@@ -85,6 +88,9 @@ class Turn:
         self._next_position = next_position
         self._call_ids: set[str] = set()
         self._write_lock = anyio.Lock()
+        #: a step whose outcome is unknown (its call raised OutcomeUnknown): the next write
+        #: learns whether it landed before anything else (``_settle``)
+        self._unsettled: StepWrite | None = None
         if not duplicate and status == "running":
             store.wakeups.turn_started(self)
 
@@ -241,17 +247,71 @@ class Turn:
         store = self._store
         async with _held(self._write_lock):
             self._check_writable()
+            landed = await self._settle()
+            if landed is not None and landed.same_step(encoded):
+                return landed.step  # the same write again, after an unknown outcome
             write = self._write_for(encoded)
             with anyio.CancelScope(shield=True):
-                outcome = await self._run_write(lambda: store.backend.commit_step(write), write)
-            if outcome is None:
-                return self._committed(write)
-            status, _, steps = outcome.partition(":")
-            if status == "running" and int(steps) == write.step:
-                # An earlier attempt landed but its answer was lost with the connection.
-                return self._committed(write)
+                try:
+                    outcome = await self._run_write(lambda: store.backend.commit_step(write), write)
+                except OutcomeUnknown:
+                    self._unsettled = write
+                    raise
+                if outcome is None:
+                    return self._committed(write)
+                status, _, steps = outcome.partition(":")
+                if status == "running" and int(steps) == write.step:
+                    # Step ``write.step`` exists: an earlier attempt of this call landed, its
+                    # answer lost with the connection, if what is stored there is this write.
+                    if await self._stored(write):
+                        return self._committed(write)
+                    raise IntegrityViolation(
+                        f"turn {self.id}: step {write.step} holds another write than this "
+                        "one; nothing was written"
+                    )
             self._raise_not_running(status)
         raise AssertionError("unreachable")
+
+    async def _stored(self, write: StepWrite) -> bool:
+        """Whether ``write`` is in history, read back from the positions it was sent to and
+        compared by content (its turn, step, message, call ids, results), never by its step
+        number alone."""
+        store = self._store
+        last = write.position + len(write.call_ids)
+
+        async def read() -> Sequence[Any]:
+            async with store.backend.read() as tx:
+                return await tx.all(
+                    "step_rows",
+                    conversation_id=self.conversation_id,
+                    first=write.position,
+                    last=last,
+                )
+
+        with anyio.CancelScope(shield=True):
+            rows = await store.backend.retrying(read, write=False)
+        return write.matches_rows(rows)
+
+    async def _settle(self) -> StepWrite | None:
+        """If a step of this turn has an unknown outcome, learn it: return the step if it
+        landed (this handle then counts it), None if it did not or none is unsettled.
+        Raises ``WriteNotApplied`` (for the call that wanted to write) while the database
+        cannot tell."""
+        write = self._unsettled
+        if write is None:
+            return None
+        try:
+            landed = await self._stored(write)
+        except StoreUnavailable as exc:
+            raise WriteNotApplied(
+                f"turn {self.id}: whether its step {write.step} landed is still unknown (the "
+                f"database is unavailable: {exc}); nothing of this call was written"
+            ) from exc
+        self._unsettled = None
+        if not landed:
+            return None
+        self._committed(write)
+        return write
 
     async def _run_write(self, attempt: Callable[[], Awaitable[T]], write: StepWrite | None) -> T:
         """Run a write (retried once if the connection broke: the fencing token and the step
@@ -276,6 +336,7 @@ class Turn:
         store = self._store
         async with _held(self._write_lock):
             self._check_writable()
+            await self._settle()
             write = self._write_for(final) if final is not None else None
             end = TurnEnd(
                 lock_key=store.backend.lock_key(self.conversation_id),
@@ -421,6 +482,7 @@ class StepBuffer:
         )
         async with _held(turn._write_lock):
             turn._check_writable()
+            await turn._settle()  # the staged step's number depends on what landed
             await turn._renew(payload)
 
     def closed(self, reason: str) -> tuple[AssistantMessage, list[ToolResult]]:

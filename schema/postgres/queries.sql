@@ -126,6 +126,17 @@ UPDATE turnstore_turns SET status = :status, error = :error, ended_at = now()
 -- name: turn_state
 SELECT status, steps, epoch FROM turnstore_turns WHERE id = :turn_id;
 
+-- name: step_rows
+-- The rows at the positions a step was written to (its assistant message, then one tool
+-- row per call): a write retried after an unknown outcome compares them with itself, to
+-- know whether it landed (store/turn.py).
+SELECT position, role, turn_id, step, content::text AS content, tool_arguments::text AS tool_arguments,
+       tool_call_data::text AS tool_call_data,
+       tool_call_id, tool_name, is_error
+  FROM turnstore_messages
+ WHERE conversation_id = :conversation_id AND position >= :first AND position <= :last
+ ORDER BY position;
+
 -- name: turn_info
 SELECT id, conversation_id, idempotency_key, status, steps, error,
        created_at, started_at, ended_at

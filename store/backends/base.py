@@ -6,13 +6,17 @@ databases: how a write transaction serialises one conversation, the SQL dialect 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+import anyio
 from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -20,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 
 from .. import sql
-from ..errors import IntegrityViolation
+from ..errors import IntegrityViolation, OutcomeUnknown, StoreUnavailable, WriteNotApplied
 from ..messages import EncodedStep
 
 
@@ -33,6 +37,35 @@ def lock_key(namespace: str, conversation_id: str) -> int:
 
 T = TypeVar("T")
 log = logging.getLogger("turnstore")
+
+Failure = Literal["not_sent", "unknown"]
+_FIRST_RETRY_S = 0.05
+_MAX_RETRY_S = 1.0
+#: How long a call retries transient failures by default (``StoreConfig.retry_seconds``):
+#: long enough to ride out a PostgreSQL restart or failover of a few seconds.
+DEFAULT_RETRY_SECONDS = 15.0
+
+
+class ConnectFailed(Exception):
+    """No connection could be made, so nothing of the call was sent (raised from the
+    driver's error by the backends where they connect)."""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+def _unavailable(exc: BaseException, *, write: bool, maybe_landed: bool) -> StoreUnavailable:
+    why = _short(exc)
+    if not write:
+        return StoreUnavailable(f"the database is unavailable ({why}); retry later")
+    if maybe_landed:
+        return OutcomeUnknown(
+            f"the connection broke after the write was sent ({why}): it may have committed. "
+            "Call the same write again once the database is back: it is answered exactly"
+        )
+    return WriteNotApplied(f"the database is unavailable ({why}); nothing was written. Retry later")
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -99,6 +132,10 @@ async def refusal(tx: Tx, turn_id: str) -> str:
     return f"{state.status}:{state.steps}" if state else "missing:-1"
 
 
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
 @dataclass(frozen=True, slots=True)
 class StepWrite:
     """One validated step, ready to insert at ``position`` (the assistant message) and
@@ -149,6 +186,48 @@ class StepWrite:
             results_json=[r.content_json for r in encoded.results],
             is_error=[r.is_error for r in encoded.results],
         )
+
+    def same_step(self, encoded: EncodedStep) -> bool:
+        """Whether ``encoded`` is this step's content (one encoder wrote both: equal text)."""
+        calls, results = encoded.calls, encoded.results
+        return (
+            self.content_json == encoded.content_json
+            and list(self.call_ids) == [c.id for c in calls]
+            and list(self.tool_names) == [c.name for c in calls]
+            and list(self.arguments_json) == [c.arguments_json for c in calls]
+            and list(self.call_data_json) == [c.provider_data_json for c in calls]
+            and list(self.results_json) == [r.content_json for r in results]
+            and list(self.is_error) == [r.is_error for r in results]
+        )
+
+    def matches_rows(self, rows: Sequence[Any]) -> bool:
+        """Whether ``rows`` (the ``step_rows`` query at this step's positions) are this
+        step as written: same turn, step, message, calls and results. JSON is compared as
+        values (PostgreSQL's jsonb keeps neither key order nor spacing)."""
+        if len(rows) != 1 + len(self.call_ids):
+            return False
+        head, tools = rows[0], rows[1:]
+        if (head.role, head.turn_id, head.step, head.position) != (
+            "assistant",
+            self.turn_id,
+            self.step,
+            self.position,
+        ) or _json(head.content) != _json(self.content_json):
+            return False
+        for i, row in enumerate(tools):
+            if (
+                row.role != "tool"
+                or row.turn_id != self.turn_id
+                or row.step != self.step
+                or row.tool_call_id != self.call_ids[i]
+                or row.tool_name != self.tool_names[i]
+                or bool(row.is_error) != bool(self.is_error[i])
+                or _json(row.content) != _json(self.results_json[i])
+                or _json(row.tool_arguments) != _json(self.arguments_json[i])
+                or _json(row.tool_call_data) != _json(self.call_data_json[i])
+            ):
+                return False
+        return True
 
     def message_rows(self) -> list[dict[str, Any]]:
         """The rows of this step in the shape of the ``insert_message`` query."""
@@ -271,6 +350,8 @@ class Backend(ABC):
     """The database-specific half of the store."""
 
     dialect: str
+    #: how long ``retrying`` retries transient failures (the store sets its config's)
+    retry_seconds: float = DEFAULT_RETRY_SECONDS
 
     def __init__(self, engine: AsyncEngine, namespace: str) -> None:
         self.engine = engine
@@ -367,18 +448,53 @@ class Backend(ABC):
         """``is_connection_error`` of the exception or of anything it wraps or was caused by."""
         return any(self.is_connection_error(e) for e in _causes(exc))
 
-    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run a read or a write; if the connection broke, drop the pool's connections and
-        run it once more. Writes are made safe to repeat (fencing tokens, step numbers, turn
-        ids), so an attempt whose COMMIT was lost is recognised, not duplicated."""
-        try:
-            return await attempt()
-        except Exception as exc:
-            if not self.is_connection_error_anywhere(exc):
-                raise
-            log.warning("database connection lost (%s); retrying once", exc)
-            await self.reset_connections()
-        return await attempt()
+    def is_rolled_back(self, exc: BaseException) -> bool:
+        """True for a transient refusal after which the database rolled the transaction back
+        (``database is locked``, a serialization failure, a deadlock): nothing landed, and
+        the same call may succeed a moment later."""
+        return False
+
+    def failure(self, exc: BaseException) -> Failure | None:
+        """What a failed call tells of its write: ``"not_sent"`` (nothing reached the
+        database, or it rolled back), ``"unknown"`` (the connection broke after the call was
+        sent: it may have committed), or None (not a transient failure: do not retry)."""
+        causes = list(_causes(exc))
+        if any(isinstance(e, ConnectFailed) for e in causes):
+            return "not_sent"
+        if any(self.is_rolled_back(e) for e in causes):
+            return "not_sent"
+        if any(self.is_connection_error(e) for e in causes):
+            return "unknown"
+        return None
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]], *, write: bool = True) -> T:
+        """Run a read or a write, retrying transient failures (a broken connection, a
+        server restarting, ``database is locked``, a serialization failure, a deadlock)
+        with jittered exponential backoff for up to ``retry_seconds``. Writes are made safe
+        to repeat (fencing tokens, turn ids, step numbers checked against the step's content),
+        so an attempt whose COMMIT landed is recognised, not written twice.
+
+        When the budget runs out: ``WriteNotApplied`` if no attempt can have landed,
+        ``OutcomeUnknown`` if one may have (``StoreUnavailable`` for a read)."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = _FIRST_RETRY_S
+        maybe_landed = False
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                failure = self.failure(exc)
+                if failure is None:
+                    raise
+                maybe_landed = maybe_landed or failure == "unknown"
+                if time.monotonic() + delay > deadline:
+                    raise _unavailable(exc, write=write, maybe_landed=maybe_landed) from exc
+                log.warning("database unavailable (%s); retrying in %.2fs", _short(exc), delay)
+                broken = not any(self.is_rolled_back(e) for e in _causes(exc))
+            if broken:  # the server may have restarted: no pooled connection is good
+                await self.reset_connections()
+            await anyio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, _MAX_RETRY_S)
 
     async def reset_connections(self) -> None:
         """Drop pooled connections (after a broken one: the server may have restarted)."""

@@ -17,7 +17,7 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import TextClause
 
 from .. import sql
@@ -26,6 +26,7 @@ from .base import (
     Backend,
     ClaimRequest,
     ClaimRow,
+    ConnectFailed,
     Ended,
     EngineTx,
     HandOver,
@@ -134,9 +135,22 @@ class PostgresBackend(Backend):
                     )
         return self._pool
 
+    @asynccontextmanager
+    async def _hot_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the hot pool. A failure to get one is ``ConnectFailed``: nothing
+        of the call was sent."""
+        try:
+            pool = await self._hot_pool()
+            conn = await pool.acquire()
+        except Exception as exc:
+            raise ConnectFailed(str(exc)) from exc
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
+
     async def _call(self, method: str, sql: str, *args: Any) -> Any:
-        pool = await self._hot_pool()
-        async with pool.acquire() as conn:
+        async with self._hot_connection() as conn:
             return await getattr(conn, method)(sql, *args)
 
     async def reset_connections(self) -> None:
@@ -154,7 +168,7 @@ class PostgresBackend(Backend):
     async def read(self) -> AsyncIterator[Tx]:
         # Reads run in autocommit: no BEGIN/ROLLBACK round trips. History is append-only
         # and a step commits atomically, so statements need no shared snapshot.
-        async with self._read_engine.connect() as conn:
+        async with _connected(self._read_engine) as conn:
             yield EngineTx(conn, self.statements)
 
     def write_batches(self) -> tuple[int, int]:
@@ -162,7 +176,7 @@ class PostgresBackend(Backend):
 
     async def transaction(self, conversation_id: str, work: TxWork[T], *, linger: float = 0.0) -> T:
         # The general path (rare: recovery, polls, checkpoints) is not batched: no linger.
-        async with self.engine.begin() as conn:
+        async with _connected(self.engine) as conn, conn.begin():
             tx = EngineTx(conn, self.statements)
             await tx.scalar("lock_conversation", lock_key=self.lock_key(conversation_id))
             return await work(tx)
@@ -195,8 +209,7 @@ class PostgresBackend(Backend):
     async def _apply(self, writes: Sequence[Write]) -> list[Any]:
         """One batch of writes in one autocommit call: the function is the transaction."""
         records = [as_record(w) for w in writes]
-        pool = await self._hot_pool()
-        async with pool.acquire() as conn:
+        async with self._hot_connection() as conn:
             rows = await conn.fetch(_APPLY, records)
         answers: list[Any] = [None] * len(writes)
         for row in rows:
@@ -259,6 +272,14 @@ class PostgresBackend(Backend):
             return True
         return super().is_connection_error(exc)
 
+    def is_rolled_back(self, exc: BaseException) -> bool:
+        return isinstance(
+            exc,
+            asyncpg.SerializationError
+            | asyncpg.DeadlockDetectedError
+            | asyncpg.exceptions.LockNotAvailableError,
+        )
+
     def translate(self, exc: BaseException) -> BaseException:
         from ..errors import IntegrityViolation
 
@@ -302,6 +323,21 @@ def as_record(w: Write) -> tuple[Any, ...]:
             w.first, w.retry,
             None, None, w.content_json, None, None, None, None, None, None,
             None, None)  # fmt: skip
+
+
+@asynccontextmanager
+async def _connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection of the engine's pool; a failure to connect is ``ConnectFailed``."""
+    conn = engine.connect()
+    try:
+        await conn.start()
+    except Exception as exc:
+        raise ConnectFailed(str(exc)) from exc
+    try:
+        yield conn
+    finally:
+        with anyio.CancelScope(shield=True):
+            await conn.close()
 
 
 def postgres_url(url: str | URL) -> URL:

@@ -246,6 +246,12 @@ class SqliteBackend(Backend):
     def is_connection_error(self, exc: BaseException) -> bool:
         return False
 
+    def is_rolled_back(self, exc: BaseException) -> bool:
+        # SQLITE_BUSY past the busy timeout: the write transaction was rolled back.
+        return isinstance(exc, sqlite3.OperationalError) and (
+            "database is locked" in str(exc) or "database is busy" in str(exc)
+        )
+
     def translate(self, exc: BaseException) -> BaseException:
         from ..errors import IntegrityViolation
 

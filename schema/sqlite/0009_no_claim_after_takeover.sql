@@ -1,0 +1,6 @@
+-- turnstore schema, version 9, SQLite: nothing to do.
+--
+-- On PostgreSQL this version makes a poll or a retry of a claim answer 'taken_over' for a
+-- turn that has already run (see postgres/0009_no_claim_after_takeover.sql). On SQLite
+-- the claim rules are Python (store/claim.py), which makes the same check. The version
+-- exists here so that both dialects keep the same migration history.
