@@ -514,8 +514,11 @@ class StepBuffer:
                 message, results = self.closed("no result was recorded for this tool call")
                 self.committed = await turn.commit_step(message, results)
             return None
-        if isinstance(exc, InvalidMessage | DuplicateTurnWrite):
-            return None  # bad input: nothing to save, the error speaks for itself
+        if isinstance(exc, DuplicateTurnWrite):
+            return None  # a duplicate's handle writes nothing
+        # Anything else, a refused call (InvalidMessage) included: that call recorded
+        # nothing, and the step's valid work is committed as it stands (tools that ran had
+        # effects), unanswered calls closed as interrupted.
         cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
         with anyio.CancelScope(shield=True):
             if produced and turn.status == "running":

@@ -134,16 +134,26 @@ async def test_bad_submit_is_refused_and_nothing_is_written(small_store: Store, 
 
 
 async def test_bad_event_in_a_step_block_fails_where_it_is_given(small_store: Store) -> None:
+    """The bad call raises where it is made and records nothing of itself. The exception
+    leaves the block like any other: what the step had is kept (tests/test_step_refusals.py)
+    and the turn ends failed."""
     turn, before = await _started(small_store)
     with pytest.raises(InvalidMessage):
         async with turn.step() as s:
             s.tool_call("x", "t", {"k": object()})
+    assert await count_rows(small_store) == before  # the step had nothing
+    assert turn.status == "failed"
+    second = await small_store.begin_turn("c", "again")
     with pytest.raises(InvalidMessage):
-        async with turn.step() as s:
+        async with second.step() as s:
             s.tool_call("y", "t")
             s.tool_result("nope", "r")
-    assert await count_rows(small_store) == before
-    assert turn.status == "running"
+    history = await small_store.history("c")
+    assert [(m.role, m.tool_call_id, m.is_error) for m in history][-2:] == [
+        ("assistant", None, False),
+        ("tool", "y", True),  # closed as interrupted; no trace of "nope"
+    ]
+    assert second.status == "failed"
 
 
 class _Text(str):
