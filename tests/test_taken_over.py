@@ -16,7 +16,7 @@ import pytest
 from store import Store, StoreConfig, TurnTakenOver
 
 from .conftest import OpenStore
-from .helpers import assert_clean
+from .helpers import assert_clean, wait_queued
 
 LEASE = 1.0
 
@@ -65,8 +65,7 @@ async def test_a_waiter_taken_over_while_away_is_told_so(
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
             tg.start_soon(submit_second)
-            while not await _queued(a, "c"):  # "second" waits in line
-                await anyio.sleep(0.02)
+            await wait_queued(a, "c", 1)  # "second" waits in line
             pause.paused = True  # b's process stops here
             await anyio.sleep(0.1)
             await first.finish()  # hands the conversation over to "second"
@@ -87,9 +86,3 @@ async def test_a_waiter_taken_over_while_away_is_told_so(
         fourth = await b.begin_turn("c", "fourth", on_busy="fail")
     await fourth.finish()
     await assert_clean(a)
-
-
-async def _queued(store: Store, conversation_id: str) -> bool:
-    async with store.backend.read() as tx:
-        rows = await tx.all("check_turns")
-    return any(r.conversation_id == conversation_id and r.status == "queued" for r in rows)
