@@ -1,4 +1,4 @@
-"""``python -m store``: migrate, check, demo, replay, bench."""
+"""``python -m store``: migrate, check, demo, soak, replay, bench."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from .soak.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m store", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--turns", type=int, default=300)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(run=_demo)
+
+    from .soak.cli import add_arguments as soak_arguments
+
+    p = sub.add_parser(
+        "soak",
+        help="fault-injection soak: worker processes killed, stopped, cut off, the server "
+        "restarted; then check nothing acknowledged was lost; exit 1 if anything was",
+    )
+    soak_arguments(p)
+    p.set_defaults(run=_soak)
     return parser
 
 
