@@ -80,8 +80,8 @@ def decode_rows(conversation_id: str, rows: Sequence[Sequence[Any]]) -> list[Sto
 
 
 async def window_start(tx: Tx, conversation_id: str, last: int | None) -> int:
-    """Where a window of about the last N messages starts: the N-th last message, moved
-    back to the start of its step."""
+    """Where a window of the last N messages starts: the N-th last message, moved back to
+    the user message that opens its turn."""
     if last is None:
         return 0
     found = await tx.scalar("window_start", conversation_id=conversation_id, last=last)

@@ -247,8 +247,10 @@ class Store:
     async def history(
         self, conversation_id: str, *, last: int | None = None
     ) -> list[StoredMessage]:
-        """Committed messages in position order. ``last=N`` returns about the last N
-        messages, starting earlier if needed so that no step is cut in half."""
+        """Committed messages in position order. ``last=N``: the last N messages, and the
+        ones before them back to the user message that opens the turn the window would
+        cut, so that a window always starts on a user message and replays as a whole
+        conversation. ``last=0``: none."""
 
         return await self.backend.retrying(
             lambda: read_history(self.backend, conversation_id, last), write=False

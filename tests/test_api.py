@@ -128,16 +128,18 @@ async def test_provider_data_and_reasoning_round_trip(store: Store) -> None:
     assert history[2].content == [{"type": "json", "value": {"a": 1}}]
 
 
-async def test_history_window_never_cuts_a_step(store: Store) -> None:
-    turn = await store.begin_turn("c", "go")
-    await turn.commit_step(*step("a", 3))  # positions 1..4
-    await turn.commit_step(*step("b", 3))  # positions 5..8
+async def test_history_window_starts_at_the_turn_it_would_cut(store: Store) -> None:
+    first = await store.begin_turn("c", "go")  # position 0
+    await first.commit_step(*step("a", 3))  # positions 1..4
+    await first.finish()
+    turn = await store.begin_turn("c", "again")  # position 5
+    await turn.commit_step(*step("b", 3))  # positions 6..9
     await turn.finish()
-    for last, first in [(1, 5), (2, 5), (4, 5), (5, 1), (8, 1), (9, 0), (100, 0)]:
+    for last, start in [(1, 5), (2, 5), (4, 5), (5, 5), (6, 0), (9, 0), (10, 0), (100, 0)]:
         window = await store.history("c", last=last)
-        assert window[0].position == first, last
-        assert window[-1].position == 8
-        assert window[0].role in ("user", "assistant")
+        assert window[0].position == start, last
+        assert window[-1].position == 9
+        assert window[0].role == "user"
     assert await store.history("c", last=0) == []
     assert await store.history("nobody") == []
 

@@ -163,11 +163,15 @@ SELECT payload FROM turnstore_staged_steps WHERE turn_id = :turn_id AND step = :
 DELETE FROM turnstore_staged_steps WHERE turn_id = :turn_id;
 
 -- name: window_start
-SELECT step_position FROM turnstore_messages
- WHERE conversation_id = :conversation_id
-   AND position = (SELECT position FROM turnstore_messages
-                    WHERE conversation_id = :conversation_id
-                    ORDER BY position DESC LIMIT 1) - :last + 1;
+-- Where a window of the last :last messages starts: the user message that opens the turn
+-- of the :last-th last message (a turn's messages follow its user message), so that a
+-- window is a conversation a provider accepts, never a tail that starts inside a turn.
+SELECT position FROM turnstore_messages
+ WHERE conversation_id = :conversation_id AND role = 'user'
+   AND position <= (SELECT position FROM turnstore_messages
+                     WHERE conversation_id = :conversation_id
+                     ORDER BY position DESC LIMIT 1) - :last + 1
+ ORDER BY position DESC LIMIT 1;
 
 -- name: history
 SELECT position, role, turn_id, step, tool_call_count, content, tool_call_id, tool_name,
@@ -177,18 +181,19 @@ SELECT position, role, turn_id, step, tool_call_count, content, tool_call_id, to
  ORDER BY position;
 
 -- name: replay
--- What replay needs of about the last :last messages (0: all), from the start of the step
--- the window would cut (see window_start), in one statement.
+-- What replay needs of the last :last messages (0: all), from the start of the turn the
+-- window would cut (see window_start), in one statement.
 SELECT position, role, tool_call_count, content, tool_call_id, tool_name,
        tool_arguments, tool_call_data, is_error
   FROM turnstore_messages
  WHERE conversation_id = :conversation_id
    AND position >= coalesce(
-         (SELECT step_position FROM turnstore_messages
-           WHERE conversation_id = :conversation_id
-             AND position = (SELECT position FROM turnstore_messages
-                              WHERE conversation_id = :conversation_id
-                              ORDER BY position DESC LIMIT 1) - :last + 1),
+         (SELECT u.position FROM turnstore_messages u
+           WHERE u.conversation_id = :conversation_id AND u.role = 'user' AND :last > 0
+             AND u.position <= (SELECT position FROM turnstore_messages
+                                 WHERE conversation_id = :conversation_id
+                                 ORDER BY position DESC LIMIT 1) - :last + 1
+           ORDER BY u.position DESC LIMIT 1),
          0)
  ORDER BY position;
 

@@ -74,7 +74,7 @@ async def read_source(
     - ``"instatic-file"``: ``location`` is a JSON dump of ``ai_messages`` rows.
     - ``"instatic-table"``: ``location`` is a SQLAlchemy async URL; reads ``table``.
     - ``"store"``: ``location`` is a turnstore database URL (``schema`` on PostgreSQL);
-      ``last`` keeps about the last N messages without cutting a step.
+      ``last`` keeps the last N messages, from the start of the turn they begin in.
     """
     if kind == "store":
         if not conversation_id:
@@ -117,7 +117,12 @@ def _parser() -> _Parser:
     parser.add_argument("--conversation", metavar="ID", help="conversation id (needed by --db)")
     parser.add_argument("--table", default="ai_messages", help="Instatic table for --db")
     parser.add_argument("--schema", default=None, help="PostgreSQL schema of a store")
-    parser.add_argument("--last", type=int, default=None, help="about the last N messages")
+    parser.add_argument(
+        "--last",
+        type=int,
+        default=None,
+        help="the last N messages, from the start of the turn they begin in",
+    )
     parser.add_argument("--unanswered", default="synthesize", help="synthesize or drop")
     return parser
 
