@@ -21,15 +21,17 @@ import math
 import random
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -39,7 +41,7 @@ from .pgserver import ServerUnavailable, ThrowawayPostgres
 from .records import Record, Tail, conversation_id, read_records
 from .report import Display, Progress, print_summary, write_json
 from .supervisor import FAULTS, OWN_SERVER_SESSIONS, Faults, Workers, worker_command
-from .verify import verify
+from .verify import Verdict, verify
 from .worker import GRACE_SECONDS
 
 #: faults each kind of target supports
@@ -206,57 +208,69 @@ def _count(records: list[Record]) -> dict[str, Any]:
         "taken_over": kinds["taken_over"],
         "expected_errors": dict(sorted(expected.items())),
         "outcome_unknown": expected["OutcomeUnknown"],
+        "outcome_unknown_answered": kinds["answered"],
         "write_not_applied": expected["WriteNotApplied"],
         "unexpected_errors": len(unexpected),
         "unexpected": unexpected,
     }
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: the run stopped its workers and gave up."""
+
+
+@dataclass
+class _Run:
+    """One soak run's parts, for the progress display and the result."""
+
+    options: Options
+    url: str
+    schema: str | None
+    directory: Path
+    workers: Workers
+    faults: Faults
+    tail: Tail
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "starting workers"
+    faulted: float = 0.0
+
+    def look(self) -> Progress:
+        self.tail.poll()
+        return Progress(
+            phase=self.phase,
+            elapsed=time.monotonic() - self.started,
+            duration=self.options.duration,
+            workers_running=len(self.workers.running()),
+            workers_stopped=sum(1 for w in self.workers.current.values() if w.stopped),
+            workers_started=self.workers.started,
+            faults=dict(self.faults.log.counts),
+            last_fault=self.faults.log.last,
+            records=dict(self.tail.counts),
+            expected=dict(self.tail.expected),
+        )
+
+
 async def soak(options: Options, url: str, server: ThrowawayPostgres | None) -> dict[str, Any]:
-    run = secrets.token_hex(3)
-    schema = f"soak_{run}" if options.kind == "postgres" else None
+    """Prepare the database, run the workers under faults, stop them, verify."""
+    run_id = secrets.token_hex(3)
+    schema = f"soak_{run_id}" if options.kind == "postgres" else None
     await _prepare(options, url, schema)
     directory = Path(tempfile.mkdtemp(prefix="turnstore-soak-"))
-    rng = random.Random(options.seed)
-    conversations = [conversation_id(run, i) for i in range(options.conversations)]
-    workers = Workers(
-        worker_command(
-            url, schema, run, options.conversations, options.lease, TASKS_PER_WORKER,
-            options.seed,
-        ),
-        directory,
-        options.workers,
-    )  # fmt: skip
+    conversations = [conversation_id(run_id, i) for i in range(options.conversations)]
+    command = worker_command(
+        url, schema, run_id, options.conversations, options.lease, TASKS_PER_WORKER, options.seed
+    )
+    workers = Workers(command, directory, options.workers)
     faults = Faults(
         options.faults,
-        rng,
+        random.Random(options.seed),
         workers,
         options.lease,
         server=server,
         dsn=_dsn(url) if options.kind != "sqlite" else None,
         sessions=OWN_SERVER_SESSIONS if server is not None else f"turnstore:{schema}",
     )
-    tail = Tail(directory)
-    started = time.monotonic()
-    phase = "starting workers"
-    faulted = 0.0
-
-    def look() -> Progress:
-        tail.poll()
-        current = workers.current.values()
-        return Progress(
-            phase=phase,
-            elapsed=time.monotonic() - started,
-            duration=options.duration,
-            workers_running=len(workers.running()),
-            workers_stopped=sum(1 for w in current if w.stopped),
-            workers_started=workers.started,
-            faults=dict(faults.log.counts),
-            last_fault=faults.log.last,
-            records=dict(tail.counts),
-            expected=dict(tail.expected),
-        )
-
+    run = _Run(options, url, schema, directory, workers, faults, Tail(directory))
     print(
         f"soak: {options.kind} {_shown(url)}{f' schema {schema}' if schema else ''}, "
         f"{options.workers} workers x {TASKS_PER_WORKER} tasks, {options.conversations} "
@@ -264,30 +278,27 @@ async def soak(options: Options, url: str, server: ThrowawayPostgres | None) -> 
         f"{options.duration:g}s, seed {options.seed}, logs {directory}",
         flush=True,
     )
+    interrupted = False
     with Display() as display:
         async with anyio.create_task_group() as tg:
 
             async def show() -> None:
                 while True:
-                    display.show(look())
+                    display.show(run.look())
                     await anyio.sleep(0.25)
 
+            async def on_signal() -> None:
+                nonlocal interrupted
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        interrupted = True
+                        tg.cancel_scope.cancel()
+                        return
+
             tg.start_soon(show)
-            watching = anyio.CancelScope()
-            try:
-                await workers.start_all()
-                await workers.wait_ready(READY_TIMEOUT_SECONDS)
-                tg.start_soon(_watch, workers, watching)
-                phase = "injecting faults"
-                began = time.monotonic()
-                await faults.run(options.duration)
-                faulted = time.monotonic() - began
-            finally:
-                watching.cancel()
-                phase = "stopping workers"
-                with anyio.CancelScope(shield=True):
-                    await workers.stop_all(GRACE_SECONDS + 6.0)
-            phase = "verifying"
+            tg.start_soon(on_signal)
+            await _faults_phase(run, tg)
+            run.phase = "verifying"
             records = read_all(directory)
             store = await Store.open(
                 url, schema=schema, config=StoreConfig(lease_seconds=options.lease)
@@ -295,40 +306,63 @@ async def soak(options: Options, url: str, server: ThrowawayPostgres | None) -> 
             try:
                 verdict = await verify(store, records, conversations, options.lease)
             finally:
-                await store.close()
-            display.show(look(), force=True)
+                with anyio.CancelScope(shield=True):
+                    await store.close()
+            display.show(run.look(), force=True)
             tg.cancel_scope.cancel()
+    if interrupted:
+        raise Interrupted(f"interrupted; workers stopped, logs in {directory}")
+    return await _result(run, records, verdict)
 
+
+async def _faults_phase(run: _Run, tg: anyio.abc.TaskGroup) -> None:
+    """Start the workers, inject faults for the duration, stop the workers (also when
+    cancelled)."""
+    watching = anyio.CancelScope()
+    try:
+        await run.workers.start_all()
+        await run.workers.wait_ready(READY_TIMEOUT_SECONDS)
+        tg.start_soon(_watch, run.workers, watching)
+        run.phase = "injecting faults"
+        began = time.monotonic()
+        await run.faults.run(run.options.duration)
+        run.faulted = time.monotonic() - began
+    finally:
+        watching.cancel()
+        run.phase = "stopping workers"
+        with anyio.CancelScope(shield=True):
+            await run.workers.stop_all(GRACE_SECONDS + 6.0)
+
+
+async def _result(run: _Run, records: list[Record], verdict: Verdict) -> dict[str, Any]:
+    """The JSON result; a clean run's logs (and PostgreSQL schema) are removed."""
+    options, workers, faults = run.options, run.workers, run.faults
     counts = _count(records)
     violations = list(verdict.violations)
     for r in counts.pop("unexpected"):
-        violations.append(
-            {"kind": "unexpected_error", "detail": f"{r.get('w')} in {r.get('where')}: "
-             f"{r.get('error')}"}
-        )  # fmt: skip
+        detail = f"{r.get('w')} in {r.get('where')}: {r.get('error')}"
+        violations.append({"kind": "unexpected_error", "detail": detail})
     for crash in workers.crashes:
-        violations.append(
-            {"kind": "worker_crashed", "detail": f"{crash.name} exited {crash.returncode}: "
-             f"{crash.output_tail[-500:]}"}
-        )  # fmt: skip
+        detail = f"{crash.name} exited {crash.returncode}: {crash.output_tail[-500:]}"
+        violations.append({"kind": "worker_crashed", "detail": detail})
     for error in faults.log.errors:
         violations.append({"kind": "fault_failed", "detail": error})
     ok = not violations
     kept = None
     if ok:
-        shutil.rmtree(directory, ignore_errors=True)
-        if schema is not None:
-            await _drop_schema(url, schema)
+        shutil.rmtree(run.directory, ignore_errors=True)
+        if run.schema is not None:
+            await _drop_schema(run.url, run.schema)
     else:
-        kept = str(directory) + (f" (schema {schema})" if schema else "")
+        kept = str(run.directory) + (f" (schema {run.schema})" if run.schema else "")
     backend = {"own": "postgresql (own server)", "postgres": "postgresql", "sqlite": "sqlite"}
     return {
         "ok": ok,
         "backend": backend[options.kind],
-        "url": _shown(url),
-        "schema": schema,
+        "url": _shown(run.url),
+        "schema": run.schema,
         "seed": options.seed,
-        "duration": round(faulted, 1),
+        "duration": round(run.faulted, 1),
         "requested_duration": options.duration,
         "workers": options.workers,
         "workers_started": workers.started,
@@ -381,6 +415,9 @@ def run(args: argparse.Namespace) -> int:
     except (UsageError, ServerUnavailable) as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"soak: {exc}", file=sys.stderr)
+        return 130
     print_summary(result)
     if options.json_path is not None:
         write_json(options.json_path, result)

@@ -18,6 +18,7 @@ Record kinds (``"t"``):
 - ``finish``: ``turn.finish()`` returned, or ``store.turn`` finished the turn (``turn``)
 - ``taken_over``: ``begin_turn`` raised ``TurnTakenOver`` (``turn``, ``cid``, ``key``)
 - ``expected``: a typed error the contract allows (``kind``, ``where``)
+- ``answered``: a call that raised ``OutcomeUnknown`` was called again and answered
 - ``cancelled``: a turn cancelled at a random point on purpose
 - ``unexpected``: any other exception (``where``, ``error``, ``traceback``): a bug
 """

@@ -139,7 +139,7 @@ SUMMARY_ROWS: list[tuple[str, str]] = [
     ("recoveries (turns taken over)", "recoveries"),
     ("recovered steps / results", "recovered_line"),
     ("expected errors", "expected_line"),
-    ("OutcomeUnknown answered by a repeat", "outcome_unknown"),
+    ("OutcomeUnknown (then answered by a repeat)", "unknown_line"),
     ("unexpected errors", "unexpected_errors"),
     ("worker crashes", "worker_crashes"),
     ("lost acknowledged steps", "lost_acknowledged_steps"),
@@ -153,6 +153,7 @@ def _lines(result: dict[str, Any]) -> dict[str, Any]:
     out = dict(result)
     out["workers_line"] = f"{result['workers']} ({result['workers_started']})"
     out["faults_line"] = " ".join(f"{k} {v}" for k, v in sorted(result["faults"].items())) or "none"
+    out["unknown_line"] = f"{result['outcome_unknown']} ({result['outcome_unknown_answered']})"
     out["recovered_line"] = f"{result['recovered_steps']} / {result['recovered_results']}"
     out["expected_line"] = (
         " ".join(f"{k} {v}" for k, v in sorted(result["expected_errors"].items())) or "none"

@@ -62,13 +62,20 @@ def _text(message: StoredMessage) -> str:
 
 
 async def verify(
-    store: Store, records: Iterable[Record], conversations: list[str], lease: float
+    store: Store,
+    records: Iterable[Record],
+    conversations: list[str],
+    lease: float,
+    *,
+    margin: float = STUCK_MARGIN_SECONDS,
 ) -> Verdict:
+    """The verdict on ``conversations``, given every record the workers logged. A new
+    turn on a conversation must start within ``lease + margin`` seconds."""
     verdict = Verdict()
     records = list(records)
     # First the new turns: a conversation whose turn expired is taken over (and its
     # checkpointed step committed) by the next submit, so history is read after them.
-    await _new_turns(store, conversations, lease, verdict)
+    await _new_turns(store, conversations, lease + margin, verdict)
 
     report = await check(store.backend)
     verdict.checker = {
@@ -96,9 +103,8 @@ async def verify(
 
 
 async def _new_turns(
-    store: Store, conversations: list[str], lease: float, verdict: Verdict
+    store: Store, conversations: list[str], timeout: float, verdict: Verdict
 ) -> None:
-    timeout = lease + STUCK_MARGIN_SECONDS
     slowest = 0.0
 
     async def one(cid: str) -> None:

@@ -1,7 +1,7 @@
 """A soak worker: one OS process running agent turns on the soak's conversations.
 
     python -m store.soak.worker --db URL --log FILE --run RUN --name w0g1 [--schema S]
-        [--conversations 12] [--lease 2] [--tasks 3] [--seed N]
+        [--conversations 12] [--lease 2] [--tasks 3] [--seed N] [--retry-seconds S]
 
 It runs ``--tasks`` concurrent loops. Each loop submits turns with idempotency keys drawn
 either from a space that every worker shares (keys of the current two-second window: other
@@ -15,7 +15,7 @@ Typed errors the contract allows are counted, not fatal; ``OutcomeUnknown`` is a
 calling the same write again. Any other exception is a bug: it is logged as
 ``unexpected`` (and printed to stderr), and the worker goes on. The worker never exits by
 itself: it outlives database restarts. SIGTERM makes it finish the turns in flight (for up
-to ``GRACE_SECONDS``, then cancel them) and exit.
+to ``GRACE_SECONDS``, then cancel them) and exit; so does the end of its parent.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 import traceback
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +89,7 @@ class Plan:
     lease: float
     tasks: int
     seed: int
+    retry_seconds: float | None = None  # StoreConfig.retry_seconds; None: the default
 
     def conversation_for(self, key: str) -> str:
         return conversation_id(self.run, zlib.crc32(key.encode()) % self.conversations)
@@ -99,6 +100,7 @@ class _Submit:
     """What one submit got so far: the handle, once ``begin_turn`` returned."""
 
     turn: Turn | None = None
+    unknown: bool = False  # an attempt of begin_turn raised OutcomeUnknown
     body_done: bool = False
     finish_logged: bool = False
 
@@ -212,12 +214,15 @@ class Worker:
                     # begin_turn did not answer: submit the same key again (a submit that
                     # landed is answered as the same turn, never a second one)
                     self.error(exc, "begin_turn")
+                    state.unknown = state.unknown or isinstance(exc, OutcomeUnknown)
                     await anyio.sleep(rng.uniform(0.2, 0.6) * (attempt + 1))
         if scope.cancelled_caught:
             self.record("cancelled", turn=state.turn.id if state.turn else None, cid=cid)
 
-    def claimed(self, turn: Turn, key: str) -> None:
+    def claimed(self, turn: Turn, key: str, state: _Submit) -> None:
         self.record("claim", turn=turn.id, cid=turn.conversation_id, key=key, dup=turn.duplicate)
+        if state.unknown:  # an earlier submit of this key had an unknown outcome
+            self.record("answered", where="begin_turn")
 
     def finished(self, turn: Turn, state: _Submit) -> None:
         if not state.finish_logged:
@@ -241,7 +246,7 @@ class Worker:
         """``begin_turn``, steps, ``finish``; on an error or a cancel, end the turn."""
         turn = await self.begin(cid, key, rng)
         state.turn = turn
-        self.claimed(turn, key)
+        self.claimed(turn, key, state)
         if turn.duplicate:
             await self.as_duplicate(turn, rng)
             return
@@ -276,7 +281,7 @@ class Worker:
                 timeout=rng.uniform(1, 4) * self.plan.lease,
             ) as turn:
                 state.turn = turn
-                self.claimed(turn, key)
+                self.claimed(turn, key, state)
                 if turn.duplicate:
                     await self.as_duplicate(turn, rng)
                     return
@@ -415,14 +420,20 @@ class Worker:
     async def writing(self, call: Callable[[], Awaitable[T]], where: str) -> T:
         """Call a write; if it raised ``StoreUnavailable``, call the same write again (an
         unknown outcome is answered exactly), a few times with a short sleep."""
+        unknown = False
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                return await call()
+                answer = await call()
             except StoreUnavailable as exc:
                 self.error(exc, where)
+                unknown = unknown or isinstance(exc, OutcomeUnknown)
                 if attempt == WRITE_ATTEMPTS - 1:
                     raise
                 await anyio.sleep(min(0.25 * 2**attempt, 2.0))
+                continue
+            if unknown:
+                self.record("answered", where=where)  # an unknown outcome, settled
+            return answer
         raise AssertionError("unreachable")
 
 
@@ -433,6 +444,8 @@ async def open_store(plan: Plan, log: LogWriter, stop: anyio.Event) -> Store | N
     """Open the store, retrying while the database is away (a worker started during an
     outage waits for it). None if told to stop first."""
     config = StoreConfig(lease_seconds=plan.lease, busy_timeout=4 * plan.lease)
+    if plan.retry_seconds is not None:
+        config = replace(config, retry_seconds=plan.retry_seconds)
     while not stop.is_set():
         try:
             return await Store.open(plan.url, schema=plan.schema, migrate=False, config=config)
@@ -459,6 +472,18 @@ async def _on_sigterm(stop: anyio.Event, scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
+async def _orphaned(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+    """Stop at once if the supervisor is gone (the worker was reparented): a soak killed
+    without its cleanup leaves no worker behind."""
+    parent = os.getppid()
+    while True:
+        await anyio.sleep(1.0)
+        if os.getppid() != parent:
+            stop.set()
+            scope.cancel()
+            return
+
+
 async def amain(plan: Plan, log_path: Path) -> None:
     log = LogWriter(log_path)
     log.write({"t": "start", "w": plan.name, "pid": os.getpid()})
@@ -466,6 +491,7 @@ async def amain(plan: Plan, log_path: Path) -> None:
     async with anyio.create_task_group() as outer:
         with anyio.CancelScope() as work:
             outer.start_soon(_on_sigterm, stop, work)
+            outer.start_soon(_orphaned, stop, work)
             store = await open_store(plan, log, stop)
             if store is not None:
                 log.write({"t": "ready", "w": plan.name})
@@ -490,8 +516,12 @@ def parse(argv: list[str]) -> tuple[Plan, Path]:
     p.add_argument("--lease", type=float, default=2.0)
     p.add_argument("--tasks", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retry-seconds", type=float, default=None)
     a = p.parse_args(argv)
-    plan = Plan(a.db, a.schema, a.run, a.name, a.conversations, a.lease, a.tasks, a.seed)
+    plan = Plan(
+        a.db, a.schema, a.run, a.name, a.conversations, a.lease, a.tasks, a.seed,
+        a.retry_seconds,
+    )  # fmt: skip
     return plan, a.log
 
 
