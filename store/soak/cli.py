@@ -207,6 +207,15 @@ def _count(records: list[Record]) -> dict[str, Any]:
         "cancelled": kinds["cancelled"],
         "taken_over": kinds["taken_over"],
         "expected_errors": dict(sorted(expected.items())),
+        "expected_errors_by_place": dict(
+            sorted(
+                Counter(
+                    f"{r.get('kind')} in {r.get('where')}"
+                    for r in records
+                    if r.get("t") == "expected"
+                ).items()
+            )
+        ),
         "outcome_unknown": expected["OutcomeUnknown"],
         "outcome_unknown_answered": kinds["answered"],
         "write_not_applied": expected["WriteNotApplied"],

@@ -444,7 +444,7 @@ async def open_store(plan: Plan, log: LogWriter, stop: anyio.Event) -> Store | N
     """Open the store, retrying while the database is away (a worker started during an
     outage waits for it). None if told to stop first."""
     config = StoreConfig(lease_seconds=plan.lease, busy_timeout=4 * plan.lease)
-    if plan.retry_seconds is not None:
+    if plan.retry_seconds is not None and hasattr(config, "retry_seconds"):
         config = replace(config, retry_seconds=plan.retry_seconds)
     while not stop.is_set():
         try:
