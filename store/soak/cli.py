@@ -422,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
             assert options.url is not None
             result = anyio.run(soak, options, options.url, None)
     except (UsageError, ServerUnavailable) as exc:
-        print(f"soak: {exc}", file=sys.stderr)
+        print(f"soak: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 2
     except Interrupted as exc:
         print(f"soak: {exc}", file=sys.stderr)

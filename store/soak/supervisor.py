@@ -302,7 +302,12 @@ class Faults:
         outage = round(self.rng.uniform(2.0, 4.0), 2) if self.rng.random() < 0.4 else 0.0
         self.log.add(self._started, "restart", mode=mode, outage=outage)
         server = self.server
-        await anyio.to_thread.run_sync(lambda: server.restart(mode, outage=outage))
+        try:
+            await anyio.to_thread.run_sync(lambda: server.restart(mode, outage=outage))
+        except Exception:
+            if not server.is_running():  # bring it back for the rest of the run
+                await anyio.to_thread.run_sync(server.start)
+            raise
 
 
 def worker_command(
