@@ -4,8 +4,12 @@ Content is stored as a JSON list of parts:
 
 - ``{"type": "text", "text": "..."}``
 - ``{"type": "image", "mime_type": "image/png", "data": "<base64>"}``, or with ``"url"``
-- ``{"type": "reasoning", ...}``: provider reasoning to send back (assistant messages only),
-  for example ``{"type": "reasoning", "format": "deepseek", "text": "..."}``.
+- ``{"type": "reasoning", "format": F, ...}``: provider reasoning to send back to provider
+  F (assistant messages only). Each provider's own shape is accepted as it comes and
+  stored with its format (``reasoning_part``): Anthropic ``thinking`` (with its
+  ``signature``) and ``redacted_thinking`` blocks, an OpenAI Responses ``reasoning`` item
+  (``id``, ``encrypted_content``, ``summary``), DeepSeek's ``reasoning_content``, a Gemini
+  part with a ``thoughtSignature``.
 
 A plain string is shorthand for one text part.
 """
@@ -102,7 +106,7 @@ class Limits:
 
 _PART_TYPES_BY_ROLE: dict[str, frozenset[str]] = {
     "user": frozenset({"text", "image"}),
-    "assistant": frozenset({"text", "reasoning"}),
+    "assistant": frozenset({"text", "reasoning", "thinking", "redacted_thinking"}),
     "tool": frozenset({"text", "image", "json"}),
 }
 
@@ -236,8 +240,56 @@ def normalize_content(content: Content, role: Role, where: str) -> list[Part]:
             )
         if kind == "text" and not isinstance(part.get("text"), str):
             raise InvalidMessage(f"{where}: text part {i} needs a string 'text'")
-        parts.append(dict(part))
+        if kind in _REASONING_TYPES:
+            parts.append(reasoning_part(part, f"{where}: part {i}"))
+        else:
+            parts.append(dict(part))
     return parts
+
+
+_REASONING_TYPES = frozenset({"reasoning", "thinking", "redacted_thinking"})
+REASONING_FORMATS = ("anthropic", "openai-responses", "deepseek", "gemini")
+
+
+def reasoning_part(part: Mapping[str, Any], where: str) -> Part:
+    """A provider's reasoning, as stored: ``{"type": "reasoning", "format": F, ...}``.
+    Accepts each provider's own shape (see the module's docstring) and says which one it
+    is; refuses reasoning whose provider cannot be told, since it could never be sent
+    back. A ``format`` outside ``REASONING_FORMATS`` is stored and never replayed."""
+    fields = {k: v for k, v in part.items() if k != "type"}
+    kind = part.get("type")
+    fmt = fields.get("format")
+    if kind == "thinking" or (fmt is None and "thinking" in fields):
+        fmt = "anthropic"
+        _need_str(fields, ("thinking", "signature"), where)
+    elif kind == "redacted_thinking":
+        fmt = "anthropic"
+        _need_str(fields, ("data",), where)
+    elif fmt is None and ("thoughtSignature" in fields or "thought_signature" in fields):
+        fmt = "gemini"
+        fields["thought_signature"] = fields.pop("thoughtSignature", None) or fields.get(
+            "thought_signature"
+        )
+    elif fmt is None and "reasoning_content" in fields:
+        fmt = "deepseek"
+        fields["text"] = fields.pop("reasoning_content")
+    elif fmt is None and ("encrypted_content" in fields or "summary" in fields or "id" in fields):
+        fmt = "openai-responses"
+    if not isinstance(fmt, str) or not fmt:
+        raise InvalidMessage(
+            f"{where}: reasoning whose provider cannot be told; give the provider's own "
+            "shape (an Anthropic thinking block, an OpenAI reasoning item, ...) or a "
+            f"'format' ({', '.join(REASONING_FORMATS)} are replayed; another is stored only)"
+        )
+    if fmt == "openai-responses":
+        _need_str(fields, ("id",), where)
+    return {"type": "reasoning", **fields, "format": fmt}
+
+
+def _need_str(fields: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
+    for key in keys:
+        if not isinstance(fields.get(key), str):
+            raise InvalidMessage(f"{where}: reasoning needs a string {key!r}")
 
 
 def check_identifier(value: object, what: str, limit: int) -> str:

@@ -263,16 +263,20 @@ class Store:
         *,
         last: int | None = None,
         unanswered: Unanswered = "synthesize",
+        system: str | None = None,
     ) -> tuple[dict[str, Any], list[Repair]]:
         """The conversation as request body fields for ``provider`` (a key of
         ``store.replay.PROVIDERS``), and the repairs made: exactly what
         ``build_request(from_stored_messages(await store.history(conversation_id,
-        last=last)), provider, unanswered=unanswered)`` returns, in a fraction of the time
-        (history this store wrote is formatted straight from its rows)."""
+        last=last)), provider, unanswered=unanswered, system=system)`` returns, in a
+        fraction of the time (history this store wrote is formatted straight from its rows).
+        ``system``: the system prompt (instructions), put where the provider takes it
+        (a system message for OpenAI, ``system`` for Anthropic, ``systemInstruction`` for
+        Gemini)."""
         rows = await self.backend.retrying(
             lambda: read_replay_rows(self.backend, conversation_id, last), write=False
         )
-        return replay_rows(rows, provider, unanswered=unanswered)
+        return replay_rows(rows, provider, unanswered=unanswered, system=system)
 
 
 class _Opening:

@@ -39,6 +39,7 @@ from .messages import (
     encode_call,
     encode_result,
     encode_step,
+    reasoning_part,
 )
 
 if TYPE_CHECKING:
@@ -314,23 +315,45 @@ class Turn:
         return write
 
     async def _run_write(self, attempt: Callable[[], Awaitable[T]], write: StepWrite | None) -> T:
-        """Run a write (retried once if the connection broke: the fencing token and the step
-        number make a repeat safe) and translate database errors into ours."""
+        """Run a write (transient failures retried: see ``Backend.retrying``; the fencing
+        token and the step's content make a repeat safe) and translate database errors
+        into ours."""
         try:
             return await self._store.backend.retrying(attempt)
         except Exception as exc:
-            raise self._translate(exc, write) from exc
+            translated = self._store.backend.translate(exc)
+            if (
+                isinstance(translated, IntegrityViolation)
+                and write is not None
+                and "tool_call_id" in str(translated)
+            ):
+                translated = await self._reused_call_id(write)
+            raise translated from exc
 
-    def _translate(self, exc: BaseException, write: StepWrite | None) -> BaseException:
-        translated = self._store.backend.translate(exc)
-        if isinstance(translated, IntegrityViolation) and write is not None:
-            text = str(translated)
-            if "tool_call_id" in text:
-                return InvalidMessage(
-                    f"a tool call id of this step was already used in conversation "
-                    f"{self.conversation_id!r}; call ids must be unique per conversation"
-                )
-        return translated
+    async def _reused_call_id(self, write: StepWrite) -> InvalidMessage:
+        """The error for a step refused because one of its call ids is already in the
+        conversation, naming that id."""
+        store = self._store
+
+        async def used() -> list[str]:
+            async with store.backend.read() as tx:
+                return [
+                    call_id
+                    for call_id in write.call_ids
+                    if await tx.scalar(
+                        "call_id_used", conversation_id=self.conversation_id, call_id=call_id
+                    )
+                    is not None
+                ]
+
+        with anyio.CancelScope(shield=True):
+            reused = await store.backend.retrying(used, write=False)
+        which = ", ".join(repr(c) for c in reused) or "one of its tool call ids"
+        return InvalidMessage(
+            f"tool call id {which} is already used in conversation {self.conversation_id!r}; "
+            "call ids must be unique per conversation (a provider that sends none, or "
+            "reuses them across turns, needs ids made by the runtime: see the README)"
+        )
 
     async def _end(self, status: EndStatus, error: str | None, final: EncodedStep | None) -> None:
         store = self._store
@@ -420,8 +443,12 @@ class StepBuffer:
             self.content.append({"type": "text", "text": text})
 
     def reasoning(self, part: Mapping[str, Any]) -> None:
-        """Record provider reasoning to send back on replay (``{"type": "reasoning", ...}``)."""
-        self.content.append({**part, "type": "reasoning"})
+        """Record provider reasoning to send back on replay, in the provider's own shape
+        (an Anthropic ``thinking`` block, an OpenAI ``reasoning`` item, ...) or as
+        ``{"type": "reasoning", "format": ..., ...}``: see ``store.messages``."""
+        if not isinstance(part, Mapping):
+            raise InvalidMessage("step.reasoning() takes a mapping")
+        self.content.append(reasoning_part(part, "step.reasoning()"))
 
     def tool_call(
         self,

@@ -137,6 +137,11 @@ SELECT position, role, turn_id, step, content::text AS content, tool_arguments::
  WHERE conversation_id = :conversation_id AND position >= :first AND position <= :last
  ORDER BY position;
 
+-- name: call_id_used
+-- Whether a tool call id is already in the conversation (to name it in the error).
+SELECT position FROM turnstore_messages
+ WHERE conversation_id = :conversation_id AND tool_call_id = :call_id;
+
 -- name: turn_info
 SELECT id, conversation_id, idempotency_key, status, steps, error,
        created_at, started_at, ended_at

@@ -34,6 +34,7 @@ def to_anthropic(messages: Sequence[Message]) -> dict[str, Any]:
 
 class Anthropic(Format):
     arguments_as_text = False
+    takes_reasoning = (AnthropicThinking, AnthropicRedactedThinking)
 
     def __init__(self) -> None:
         self.systems: list[str] = []

@@ -2,7 +2,7 @@
 
     replay --provider P (--input FILE --format instatic
                         | --db URL --conversation ID [--format store|instatic] [--table T])
-           [--unanswered synthesize|drop] [--last N] [--schema S]
+           [--unanswered synthesize|drop] [--last N] [--schema S] [--system TEXT]
 
 Prints one JSON object: the provider's body fields plus ``"repairs"``. Exit 0 whenever a
 body was produced; exit 2, with a one-line error on stderr, for bad arguments or input
@@ -124,6 +124,7 @@ def _parser() -> _Parser:
         help="the last N messages, from the start of the turn they begin in",
     )
     parser.add_argument("--unanswered", default="synthesize", help="synthesize or drop")
+    parser.add_argument("--system", default=None, help="a system prompt (instructions) to send")
     return parser
 
 
@@ -176,7 +177,9 @@ def run_replay(
     except (ReplayInputError, SchemaError, SQLAlchemyError, OSError, ValueError) as exc:
         print(f"replay: error: {_one_line(exc)}", file=err)
         return 2
-    body, repairs = build_request(messages, args.provider, unanswered=args.unanswered)
+    body, repairs = build_request(
+        messages, args.provider, unanswered=args.unanswered, system=args.system
+    )
     json.dump(
         {**body, "repairs": [r.to_dict() for r in repairs]}, out, ensure_ascii=False, indent=2
     )

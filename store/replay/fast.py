@@ -21,16 +21,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from .format import Format
-from .model import AssistantMessage, UserMessage, has_text, is_empty_user
+from .model import AssistantMessage, SystemMessage, UserMessage, has_text, is_empty_user
 from .pairing import Unanswered, check_unanswered
 from .repair import Repair
-from .request import build_request, format_for
+from .request import build_request, foreign_reasoning, format_for
 from .rows import ARGUMENTS, CALL_DATA, CALL_ID, CALLS, IS_ERROR, ROLE, TOOL_NAME, Row, StoredRows
 from .sanitize import sanitize
 
 
 def replay_rows(
-    rows: Sequence[Row], provider: str, *, unanswered: Unanswered = "synthesize"
+    rows: Sequence[Row],
+    provider: str,
+    *,
+    unanswered: Unanswered = "synthesize",
+    system: str | None = None,
 ) -> tuple[dict[str, Any], list[Repair]]:
     """What ``build_request`` returns for the canonical messages of ``rows`` (the
     ``replay`` query's columns, in position order): the body fields and the repairs."""
@@ -41,11 +45,15 @@ def replay_rows(
     # Rows are read in order, as the general path reads them, so that an unreadable row
     # fails the same way on both paths.
     leading = history.messages(start)
-    body = _Pass(history, format_()).body(start)
+    out = format_()
+    if system:
+        out.system(SystemMessage(system))
+    formatting = _Pass(history, out)
+    body = formatting.body(start)
     if body is None:
-        return build_request(history.messages(), provider, unanswered=unanswered)
-    repairs = sanitize(leading, unanswered=unanswered).repairs if leading else ()
-    return body, list(repairs)
+        return build_request(history.messages(), provider, unanswered=unanswered, system=system)
+    repairs = list(sanitize(leading, unanswered=unanswered).repairs) if leading else []
+    return body, repairs + formatting.repairs
 
 
 class _Pass:
@@ -58,6 +66,7 @@ class _Pass:
         self.out = out
         self.arguments = history.argument_texts if out.arguments_as_text else history.arguments
         self.seen: set[str] = set()  # the call ids so far
+        self.repairs: list[Repair] = []  # reasoning this provider does not take, left out
         self.previous = ""  # the role of the last message added ("tool": a step's results)
 
     def body(self, start: int) -> dict[str, Any] | None:
@@ -137,6 +146,7 @@ class _Pass:
             assert isinstance(message, AssistantMessage)
             if not calls and not has_text(message.parts):
                 return False
+            self.repairs += foreign_reasoning([message], type(self.out))
             self.out.add(message)
             return True
         if not calls and not any(t.strip() for t in texts):

@@ -18,7 +18,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from .model import AssistantMessage, Message, SystemMessage, ToolResult, UserMessage
+from .model import (
+    AssistantMessage,
+    Message,
+    Reasoning,
+    SystemMessage,
+    ToolResult,
+    UserMessage,
+)
 
 #: One call of a plain row: (id, name, arguments), the arguments as the format asked for
 #: them (``Format.arguments_as_text``): the stored JSON text, or the decoded object, which
@@ -32,6 +39,14 @@ class Format(ABC):
     #: True: calls reach ``assistant_texts`` with their arguments as JSON text (the OpenAI
     #: formats send a string, so the stored text passes through undecoded); False: decoded.
     arguments_as_text: ClassVar[bool]
+    #: The kinds of reasoning this provider takes back; any other is left out of its body
+    #: (and reported: ``foreign_reasoning``).
+    takes_reasoning: ClassVar[tuple[type, ...]] = ()
+
+    @classmethod
+    def foreign_reasoning(cls, message: AssistantMessage) -> list[Reasoning]:
+        """The reasoning of ``message`` that this provider does not take back."""
+        return [r for r in message.reasoning if not isinstance(r, cls.takes_reasoning)]
 
     @classmethod
     def of(cls, messages: Sequence[Message]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from .format import Format, PlainCall
 from .model import (
     AssistantMessage,
+    GeminiThought,
     ImagePart,
     JsonPart,
     Message,
@@ -32,6 +33,7 @@ def to_gemini(messages: Sequence[Message]) -> dict[str, Any]:
 
 class Gemini(Format):
     arguments_as_text = False
+    takes_reasoning = (GeminiThought,)
 
     def __init__(self) -> None:
         self.systems: list[str] = []
@@ -65,7 +67,10 @@ class Gemini(Format):
         self._add("user", [{"text": t} for t in texts if t.strip()])
 
     def assistant(self, message: AssistantMessage) -> None:
-        parts: list[dict[str, Any]] = [{"text": t} for t in texts(message.parts)]
+        parts: list[dict[str, Any]] = [
+            _thought(r) for r in message.reasoning if isinstance(r, GeminiThought)
+        ]
+        parts += [{"text": t} for t in texts(message.parts)]
         for call in message.tool_calls:
             part = _function_call(call.name, json_copy(call.arguments))
             if call.thought_signature:
@@ -92,6 +97,15 @@ class Gemini(Format):
 
     def _response(self, name: str, response: dict[str, Any]) -> None:
         self._add("user", [{"functionResponse": {"name": name, "response": response}}])
+
+
+def _thought(item: GeminiThought) -> dict[str, Any]:
+    part: dict[str, Any] = {"text": item.text}
+    if item.thought:
+        part["thought"] = True
+    if item.signature:
+        part["thoughtSignature"] = item.signature
+    return part
 
 
 def _function_call(name: str, arguments: Any) -> dict[str, Any]:

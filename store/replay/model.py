@@ -76,7 +76,23 @@ class AnthropicRedactedThinking:
     data: str
 
 
-Reasoning = OpenAIReasoning | DeepSeekReasoning | AnthropicThinking | AnthropicRedactedThinking
+@dataclass(frozen=True, slots=True)
+class GeminiThought:
+    """A Gemini part that carries a ``thoughtSignature`` (a thought summary when
+    ``thought``), sent back to Gemini as it came."""
+
+    text: str
+    signature: str | None = None
+    thought: bool = True
+
+
+Reasoning = (
+    OpenAIReasoning
+    | DeepSeekReasoning
+    | AnthropicThinking
+    | AnthropicRedactedThinking
+    | GeminiThought
+)
 
 
 # --- tool calls and messages -------------------------------------------------------------

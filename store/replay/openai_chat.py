@@ -32,6 +32,7 @@ def to_openai_chat(messages: Sequence[Message]) -> dict[str, Any]:
 
 class OpenAIChat(Format):
     arguments_as_text = True
+    takes_reasoning = (DeepSeekReasoning,)
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []

@@ -32,6 +32,7 @@ def to_openai_responses(messages: Sequence[Message]) -> dict[str, Any]:
 
 class OpenAIResponses(Format):
     arguments_as_text = True
+    takes_reasoning = (OpenAIReasoning,)
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []

@@ -17,12 +17,14 @@ from typing import Any
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ..messages import StoredMessage
+from ..errors import InvalidMessage
+from ..messages import StoredMessage, reasoning_part
 from .model import (
     AnthropicRedactedThinking,
     AnthropicThinking,
     AssistantMessage,
     DeepSeekReasoning,
+    GeminiThought,
     ImagePart,
     JsonPart,
     Message,
@@ -145,6 +147,11 @@ def _stored_result_part(part: Mapping[str, Any], where: str) -> ResultPart:
 
 
 def _stored_reasoning(part: Mapping[str, Any], where: str) -> Reasoning | None:
+    if part.get("format") is None:  # written before reasoning was stored with its format
+        try:
+            part = reasoning_part(part, where)
+        except InvalidMessage:
+            return None
     kind = part.get("format")
     if kind == "openai-responses":
         if not isinstance(part.get("id"), str):
@@ -161,6 +168,13 @@ def _stored_reasoning(part: Mapping[str, Any], where: str) -> Reasoning | None:
         if "data" in part:
             return AnthropicRedactedThinking(str(part["data"]))
         raise ReplayInputError(f"{where}: anthropic reasoning with neither thinking nor data")
+    if kind == "gemini":
+        signature = part.get("thought_signature")
+        return GeminiThought(
+            str(part.get("text", "")),
+            signature if isinstance(signature, str) else None,
+            bool(part.get("thought", True)),
+        )
     return None
 
 

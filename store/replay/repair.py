@@ -19,6 +19,7 @@ REPAIR_KINDS: dict[str, str] = {
     "closed_unanswered_call": "a call with no result got a synthetic 'interrupted' error result",
     "dropped_unanswered_call": "a call with no result was dropped (unanswered='drop')",
     "dropped_reasoning": "reasoning was dropped together with the calls it produced",
+    "foreign_reasoning": "reasoning recorded for another provider was left out of this body",
     "moved_text": "assistant text between a call and its result was moved after the results",
     "dropped_empty": "a message with nothing to send (no text, image or call) was dropped",
     "dropped_leading": "non-user material before the first user message was dropped",

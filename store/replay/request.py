@@ -8,7 +8,7 @@ from typing import Any
 from .anthropic import Anthropic
 from .format import Format
 from .gemini import Gemini
-from .model import Message
+from .model import AssistantMessage, Message, SystemMessage
 from .openai_chat import OpenAIChat
 from .openai_responses import OpenAIResponses
 from .pairing import Unanswered
@@ -37,10 +37,39 @@ def format_for(provider: str) -> type[Format]:
 
 
 def build_request(
-    messages: Sequence[Message], provider: str, *, unanswered: Unanswered = "synthesize"
+    messages: Sequence[Message],
+    provider: str,
+    *,
+    unanswered: Unanswered = "synthesize",
+    system: str | None = None,
 ) -> tuple[dict[str, Any], list[Repair]]:
     """Sanitize ``messages`` and format them for ``provider`` (a key of ``PROVIDERS``).
-    Returns the request body fields and the repairs made."""
+    ``system``: the system prompt (instructions), sent first, in the provider's own place
+    for it. Returns the request body fields and the repairs made."""
     format_ = format_for(provider)
     result = sanitize(messages, unanswered=unanswered)
-    return format_.of(result.messages), list(result.repairs)
+    repairs = [*result.repairs, *foreign_reasoning(result.messages, format_)]
+    repairs.sort(key=lambda r: (r.position is None, r.position or 0))
+    out = [SystemMessage(system), *result.messages] if system else result.messages
+    return format_.of(out), repairs
+
+
+def foreign_reasoning(messages: Sequence[Message], format_: type[Format]) -> list[Repair]:
+    """A repair for each assistant message whose reasoning ``format_`` does not take back
+    (it was recorded for another provider): that reasoning is left out of the body."""
+    repairs = []
+    for message in messages:
+        if isinstance(message, AssistantMessage):
+            foreign = format_.foreign_reasoning(message)
+            if foreign:
+                kinds = sorted({type(r).__name__ for r in foreign})
+                repairs.append(
+                    Repair(
+                        "foreign_reasoning",
+                        message.position,
+                        None,
+                        f"{len(foreign)} reasoning item(s) for another provider "
+                        f"({', '.join(kinds)}) left out",
+                    )
+                )
+    return repairs

@@ -205,5 +205,5 @@ def test_clean_store_rows_never_take_the_general_path(
     rows = window(rows, start)
     with mock.patch.object(fast, "build_request", side_effect=AssertionError("general path")):
         _, repairs = fast.replay_rows([replay_columns(r) for r in rows], provider)
-    assert {r.kind for r in repairs} <= {"dropped_leading"}
+    assert {r.kind for r in repairs} <= {"dropped_leading", "foreign_reasoning"}
     assert_same(rows, provider, "synthesize")

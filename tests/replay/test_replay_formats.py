@@ -54,7 +54,7 @@ ARGS = '{"html":"<h1>"}'
 
 def body(provider: str, history: list[Message] = HISTORY) -> dict[str, Any]:
     built, repairs = build_request(history, provider)
-    assert repairs == []
+    assert {r.kind for r in repairs} <= {"foreign_reasoning"}  # the others' reasoning
     assert CHECKERS[provider](built) == []
     return built
 

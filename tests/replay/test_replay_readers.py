@@ -245,7 +245,8 @@ def test_store_history_round_trips_into_every_provider() -> None:
     messages = from_stored_messages(STORED)
     bodies = {p: build_request(messages, p) for p in CHECKERS}
     for provider, (body, repairs) in bodies.items():
-        assert repairs == [] and CHECKERS[provider](body) == [], provider
+        assert {r.kind for r in repairs} <= {"foreign_reasoning"}, provider
+        assert CHECKERS[provider](body) == [], provider
     chat = bodies["openai-chat"][0]["messages"][1]
     assert chat["reasoning_content"] == "ds"
     items = bodies["openai-responses"][0]["input"]
