@@ -290,6 +290,15 @@ class _Opening:
     def __await__(self) -> Generator[Any, None, Store]:
         return self._open().__await__()
 
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for names _Opening lacks: the caller forgot to await Store.open.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise TypeError(
+            f"Store.open(...) was not awaited, so it has no {name!r}: write "
+            "`store = await Store.open(url)` or `async with Store.open(url) as store:`"
+        )
+
     async def __aenter__(self) -> Store:
         self._store = await self._open()
         return self._store

@@ -16,6 +16,7 @@ from store import (
     TurnNotFound,
 )
 
+from .conftest import Target
 from .helpers import assert_clean, step
 
 
@@ -246,3 +247,11 @@ async def test_schema_migrations_are_recorded_and_idempotent(store: Store) -> No
     assert await store.migrate() == []
     expected = [m.version for m in sql.migrations(store.backend.dialect)]
     assert await store.backend.applied_versions() == expected
+
+
+async def test_forgetting_to_await_open_explains_itself(target: Target) -> None:
+    opening = Store.open(target.url, schema=target.schema)
+    with pytest.raises(TypeError, match="was not awaited"):
+        await opening.history("c")  # type: ignore[attr-defined]
+    store = await opening
+    await store.close()
