@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 
 from .checker import check
+from .cli_errors import USAGE_ERROR, CommandError, describe, require_existing_sqlite
 from .store import DEFAULT_URL, make_backend
 
 
@@ -26,9 +30,16 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    require_existing_sqlite(args.db)
+
     async def run():  # type: ignore[no-untyped-def]
         backend = make_backend(args.db, schema=args.schema)
         try:
+            if not await backend.applied_versions():
+                raise CommandError(
+                    "the database has no turnstore schema: run "
+                    "`python -m store migrate --db URL` first"
+                )
             return await check(backend)
         finally:
             await backend.close()
@@ -68,8 +79,8 @@ def _soak(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m store", description=__doc__)
+def build_parser(prog: str = "python -m store") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def db_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_URL) -> None:
@@ -102,18 +113,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak_arguments(p)
     p.set_defaults(run=_soak)
+
+    # listed for --help; main() hands their arguments to their own parsers
+    sub.add_parser(
+        "replay", help="print a provider request built from a stored conversation (replay -h)"
+    )
+    sub.add_parser("bench", help="the load benchmark against the baselines, in a clone (bench -h)")
     return parser
+
+
+def _replay(rest: list[str]) -> int:
+    from .replay.cli import run_replay
+
+    return run_replay(rest)
+
+
+def _bench(rest: list[str]) -> int:
+    try:
+        from benchmarks.cli import main as bench_main
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] == "benchmarks":
+            raise CommandError(
+                "the benchmarks ship with the repository, not with the package: clone it and "
+                "run `pip install -e '.[bench]'` there, then `python -m store bench`"
+            ) from exc
+        raise CommandError(
+            f"the benchmark needs {exc.name!r}: run `pip install -e '.[bench]'` in the clone"
+        ) from exc
+    return bench_main(rest)
+
+
+#: Subcommands with a parser of their own: their arguments are passed on as they are.
+FORWARDED: dict[str, Callable[[list[str]], int]] = {"replay": _replay, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "replay":
-        from .replay.cli import run_replay
-
-        return run_replay(argv[1:])
-    if argv and argv[0] == "bench":
-        from benchmarks.cli import main as bench_main
-
-        return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    prog = "turnstore" if Path(sys.argv[0]).name == "turnstore" else "python -m store"
+    parser = build_parser(prog)
+    db: str | None = None
+    try:
+        if argv and argv[0] in FORWARDED:
+            return FORWARDED[argv[0]](argv[1:])
+        args = parser.parse_args(argv)
+        db = getattr(args, "db", None)
+        return int(args.run(args))
+    except BrokenPipeError:  # the reader went away (``| head``): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        message = describe(exc, db)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR

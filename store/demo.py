@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +81,12 @@ async def run_demo(
     rng = random.Random(seed)
     stats = DemoStats()
     started = time.perf_counter()
+    # This run's conversations and keys are its own: on a database that holds an earlier
+    # run, its submits are not duplicates of that run's, and its counts are its own.
+    run = uuid.uuid4().hex[:8]
     plan = [
         (
-            f"conv_{rng.randrange(conversations):03d}",
+            f"conv_{run}_{rng.randrange(conversations):03d}",
             i,
             rng.random() < double_submit,
             rng.uniform(0.0, 0.02) if rng.random() < interrupt else None,
@@ -96,7 +100,7 @@ async def run_demo(
             local = random.Random(seed + seed_offset)
             for cid, i, double, interrupt_after in queue:
                 text = f"prompt {i}: build the next section"
-                key = f"req_{i}"
+                key = f"req_{run}_{i}"
                 async with anyio.create_task_group() as tg:
                     for _ in range(2 if double else 1):
                         tg.start_soon(
@@ -106,14 +110,21 @@ async def run_demo(
         async with anyio.create_task_group() as tg:
             for w in range(workers):
                 tg.start_soon(worker, w)
-        report = await check(store.backend)
+        report = await check(store.backend)  # the whole database
         async with store.backend.read() as tx:
-            by_status = {r.status: r.n for r in await tx.all("turns_by_status")}
-            totals = await tx.one("steps_and_interrupted_calls")
-        stats.turns_started = sum(by_status.values()) - by_status.get("refused", 0)
-        stats.interrupted = by_status.get("interrupted", 0)
-        stats.steps = totals.steps
-        stats.interrupted_calls = totals.interrupted_calls
+            mine = [
+                t
+                for t in await tx.all("check_turns")
+                if t.conversation_id.startswith(f"conv_{run}_")
+            ]
+        stats.turns_started = sum(1 for t in mine if t.status != "refused")
+        stats.interrupted = sum(1 for t in mine if t.status == "interrupted")
+        for cid in {t.conversation_id for t in mine}:
+            for m in await store.history(cid):
+                stats.steps += m.role == "assistant"
+                stats.interrupted_calls += (
+                    m.role == "tool" and m.is_error and "interrupted:" in m.text
+                )
     return stats, report.counts(), time.perf_counter() - started
 
 

@@ -351,6 +351,8 @@ def make_backend(
     sqlite_synchronous: str = "FULL",
 ) -> Backend:
     parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql", "postgresql+asyncpg"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")  # what users paste, async
     if parsed.get_backend_name() == "postgresql":
         from .backends import postgres
 
