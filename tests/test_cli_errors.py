@@ -129,7 +129,7 @@ def test_replay_into_a_closed_pipe_ends_quietly() -> None:
             str(fixture),
             "--format",
             "instatic",
-        ],  # fmt: skip
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
