@@ -17,6 +17,7 @@ only that schema's sessions. Exit 0 when nothing was lost and nothing broke, 1 o
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import secrets
@@ -364,6 +365,7 @@ async def _result(run: _Run, records: list[Record], verdict: Verdict) -> dict[st
             await _drop_schema(run.url, run.schema)
     else:
         kept = str(run.directory) + (f" (schema {run.schema})" if run.schema else "")
+        (run.directory / "database.json").write_text(json.dumps(verdict.database, default=str))
     backend = {"own": "postgresql (own server)", "postgres": "postgresql", "sqlite": "sqlite"}
     return {
         "ok": ok,

@@ -52,6 +52,9 @@ class Verdict:
     checker: dict[str, Any] = field(default_factory=dict)
     replays: int = 0
     slowest_new_turn_seconds: float = 0.0
+    database: dict[str, Any] = field(default_factory=dict)
+    """What the database held (turns, and each conversation's history in short), for a
+    failed run's inspection: the soak's own server is gone by then."""
 
     def violation(self, kind: str, detail: str, **more: Any) -> None:
         self.violations.append({"kind": kind, "detail": detail, **more})
@@ -94,6 +97,7 @@ async def verify(
     async with store.backend.read() as tx:
         turns = [t for t in await tx.all("check_turns") if t.conversation_id in histories]
     verdict.turns_by_status = dict(Counter(str(t.status) for t in turns))
+    verdict.database = _snapshot(histories, turns)
     verdict.recoveries = verdict.turns_by_status.get("expired", 0)
 
     _steps_and_checkpoints(records, histories, turns, verdict)
@@ -128,6 +132,28 @@ async def _new_turns(
         for cid in conversations:
             tg.start_soon(one, cid)
     verdict.slowest_new_turn_seconds = round(slowest, 3)
+
+
+def _snapshot(histories: dict[str, list[StoredMessage]], turns: list[Any]) -> dict[str, Any]:
+    return {
+        "turns": [
+            {
+                "id": t.id,
+                "conversation": t.conversation_id,
+                "key": t.idempotency_key,
+                "status": t.status,
+                "steps": t.steps,
+            }
+            for t in turns
+        ],
+        "histories": {
+            cid: [
+                [m.position, m.role, m.turn_id, m.step, m.tool_call_id, m.is_error, m.text[:80]]
+                for m in history
+            ]
+            for cid, history in histories.items()
+        },
+    }
 
 
 def _results_of(history: list[StoredMessage], start: int) -> list[StoredMessage]:

@@ -99,6 +99,7 @@ class Plan:
 class _Submit:
     """What one submit got so far: the handle, once ``begin_turn`` returned."""
 
+    how: str = ""  # "begin_turn" (by hand) or "store.turn"
     turn: Turn | None = None
     unknown: bool = False  # an attempt of begin_turn raised OutcomeUnknown
     body_done: bool = False
@@ -132,9 +133,10 @@ class Worker:
     def record(self, t: str, /, **fields: Any) -> None:
         self.log.write({"t": t, "w": self.plan.name, **fields})
 
-    def error(self, exc: BaseException, where: str) -> None:
-        """Count an error: expected ones by kind, anything else as a bug. An exception is
-        counted once, however many handlers it passes."""
+    def error(self, exc: BaseException, where: str, turn: Turn | None = None) -> None:
+        """Count an error (of ``turn``, if known): expected ones by kind, anything else as
+        a bug. An exception is counted once, however many handlers it passes."""
+        about = {"turn": turn.id} if turn is not None else {}
         for leaf in leaves(exc):
             if getattr(leaf, "_soak_counted", False):
                 continue
@@ -142,11 +144,13 @@ class Worker:
                 leaf._soak_counted = True  # type: ignore[attr-defined]
             kind = expected_kind(leaf)
             if kind is not None:
-                self.record("expected", kind=kind, where=where)
+                self.record("expected", kind=kind, where=where, **about)
                 continue
             text = "".join(traceback.format_exception(leaf))
             print(f"[{self.plan.name}] unexpected error in {where}:\n{text}", file=sys.stderr)
-            self.record("unexpected", where=where, error=repr(leaf)[:500], traceback=text[-4000:])
+            self.record(
+                "unexpected", where=where, error=repr(leaf)[:500], traceback=text[-4000:], **about
+            )
 
     def step_record(self, turn: Turn, number: int, text: str, results: list[Record]) -> None:
         self.record(
@@ -196,8 +200,16 @@ class Worker:
 
     async def one_turn(self, key: str, rng: random.Random) -> None:
         cid = self.plan.conversation_for(key)
-        by_hand = rng.random() < 0.5
         state = _Submit()
+        try:
+            await self._one_turn(cid, key, rng, state)
+        except Exception as exc:
+            self.error(exc, "turn", state.turn)
+            raise
+
+    async def _one_turn(self, cid: str, key: str, rng: random.Random, state: _Submit) -> None:
+        by_hand = rng.random() < 0.5
+        state.how = "begin_turn" if by_hand else "store.turn"
         with anyio.CancelScope() as scope:
             if rng.random() < CANCEL_RATE:
                 scope.deadline = anyio.current_time() + rng.uniform(0.0, 1.2)
@@ -220,7 +232,14 @@ class Worker:
             self.record("cancelled", turn=state.turn.id if state.turn else None, cid=cid)
 
     def claimed(self, turn: Turn, key: str, state: _Submit) -> None:
-        self.record("claim", turn=turn.id, cid=turn.conversation_id, key=key, dup=turn.duplicate)
+        self.record(
+            "claim",
+            turn=turn.id,
+            cid=turn.conversation_id,
+            key=key,
+            dup=turn.duplicate,
+            how=state.how,
+        )
         if state.unknown:  # an earlier submit of this key had an unknown outcome
             self.record("answered", where="begin_turn")
 
@@ -252,7 +271,7 @@ class Worker:
             return
         try:
             if not await self.steps(turn, rng, state):
-                await self.writing(turn.finish, "finish")
+                await self.writing(turn.finish, "finish", turn)
                 self.finished(turn, state)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
@@ -268,7 +287,7 @@ class Worker:
             else:
                 await turn.fail(f"{type(exc).__name__}")
         except Exception as error:
-            self.error(error, "end")
+            self.error(error, "end", turn)
 
     async def in_context(self, cid: str, key: str, rng: random.Random, state: _Submit) -> None:
         """``async with store.turn(...)``: the store keeps the lease and ends the turn."""
@@ -295,8 +314,8 @@ class Worker:
             if turn is None or not state.body_done or turn.status != "running":
                 raise
             # the store's own finish() at the end of the block: call it again
-            self.error(exc, "finish")
-            await self.writing(turn.finish, "finish")
+            self.error(exc, "finish", turn)
+            await self.writing(turn.finish, "finish", turn)
         turn = state.turn
         if turn is not None and not turn.duplicate and turn.status == "finished":
             self.finished(turn, state)
@@ -306,13 +325,13 @@ class Worker:
             try:
                 await turn.commit_step(AssistantMessage("a duplicate handle must not write"))
             except DuplicateTurnWrite as exc:
-                self.error(exc, "duplicate")
+                self.error(exc, "duplicate", turn)
             else:
                 raise AssertionError(f"duplicate handle of {turn.id} wrote a step")
         try:
             await turn.wait(timeout=rng.uniform(1, 3) * self.plan.lease)
         except TimeoutError as exc:
-            self.error(exc, "wait")
+            self.error(exc, "wait", turn)
 
     # --- steps --------------------------------------------------------------------------
 
@@ -330,11 +349,13 @@ class Worker:
                 message = AssistantMessage(text, calls)
                 if how == "commit":
                     number = await self.writing(
-                        lambda m=message, r=results: turn.commit_step(m, r), "commit_step"
+                        lambda m=message, r=results: turn.commit_step(m, r), "commit_step", turn
                     )
                     self.step_record(turn, number, text, self.result_records(results))
                 else:
-                    await self.writing(lambda m=message, r=results: turn.finish(m, r), "finish")
+                    await self.writing(
+                        lambda m=message, r=results: turn.finish(m, r), "finish", turn
+                    )
                     self.step_record(turn, turn.steps, text, self.result_records(results))
                     self.finished(turn, state)
                     return True
@@ -397,11 +418,11 @@ class Worker:
                 raise
             # the step's own commit raised: call the same write again (unanswered calls are
             # closed as the block closed them: interrupted, on its error path)
-            self.error(exc, "step")
+            self.error(exc, "step", turn)
             message, closed = buffer.closed(INTERRUPTED)
             with anyio.CancelScope(shield=True):
                 buffer.committed = await self.writing(
-                    lambda: turn.commit_step(message, closed), "step"
+                    lambda: turn.commit_step(message, closed), "step", turn
                 )
         finally:
             log_if_committed()
@@ -417,7 +438,7 @@ class Worker:
                 out.append({"id": call.id, "content": result.content, "error": result.is_error})
         return out
 
-    async def writing(self, call: Callable[[], Awaitable[T]], where: str) -> T:
+    async def writing(self, call: Callable[[], Awaitable[T]], where: str, turn: Turn) -> T:
         """Call a write; if it raised ``StoreUnavailable``, call the same write again (an
         unknown outcome is answered exactly), a few times with a short sleep."""
         unknown = False
@@ -425,14 +446,14 @@ class Worker:
             try:
                 answer = await call()
             except StoreUnavailable as exc:
-                self.error(exc, where)
+                self.error(exc, where, turn)
                 unknown = unknown or isinstance(exc, OutcomeUnknown)
                 if attempt == WRITE_ATTEMPTS - 1:
                     raise
                 await anyio.sleep(min(0.25 * 2**attempt, 2.0))
                 continue
             if unknown:
-                self.record("answered", where=where)  # an unknown outcome, settled
+                self.record("answered", where=where, turn=turn.id)  # an unknown outcome, settled
             return answer
         raise AssertionError("unreachable")
 
