@@ -366,6 +366,11 @@ def make_backend(
             raise ValueError("schema= is for PostgreSQL; SQLite keeps one schema per file")
         if parsed.drivername == "sqlite":
             parsed = parsed.set(drivername="sqlite+aiosqlite")
+        if parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed):
+            raise ValueError(
+                "an in-memory SQLite database cannot be shared by the store's writer and "
+                "readers: give a file (for tests, one in a temporary directory)"
+            )
         if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
         engine = sqlite.create_engine(

@@ -6,7 +6,7 @@ database alone is correct, and is what waiters in other processes rely on."""
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ class LocalWakeups:
         self._flights: dict[tuple[str, str], Flight] = {}
         self._queues: dict[str, deque[Waiter]] = {}
         self._ended: dict[str, anyio.Event] = {}
+        self._sleepers: Counter[str] = Counter()  # how many sleep on each of _ended
         # turns running here, by turn id and by conversation (a Turn that is dropped
         # without ending leaves them when it is collected)
         self._running: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
@@ -183,9 +184,26 @@ class LocalWakeups:
         """The ``TurnOutcome`` of a turn that ended in this process, if known."""
         return self._outcomes.get(turn_id)
 
+    def pending_events(self) -> int:
+        """How many turns someone here sleeps on (bounded by the sleepers, not by the
+        turns ever waited for)."""
+        return len(self._ended)
+
     async def sleep_until_ended(self, turn_id: str, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self._ended.setdefault(turn_id, anyio.Event()).wait()
+        """Sleep up to ``seconds``, or until the turn ends in this process. The event lives
+        only while someone sleeps on it: a turn of another process never ends here, and
+        must leave nothing behind (its end is seen by a database read)."""
+        event = self._ended.setdefault(turn_id, anyio.Event())
+        self._sleepers[turn_id] += 1
+        try:
+            with anyio.move_on_after(seconds):
+                await event.wait()
+        finally:
+            self._sleepers[turn_id] -= 1
+            if not self._sleepers[turn_id]:
+                del self._sleepers[turn_id]
+                if self._ended.get(turn_id) is event:
+                    del self._ended[turn_id]
 
     def turn_ended(self, conversation_id: str, outcome: Any, *, handed_over: bool) -> None:
         """A turn of this process ended with ``outcome`` (a ``TurnOutcome``). Unless it

@@ -255,3 +255,24 @@ async def test_forgetting_to_await_open_explains_itself(target: Target) -> None:
         await opening.history("c")  # type: ignore[attr-defined]
     store = await opening
     await store.close()
+
+
+async def test_an_in_memory_sqlite_database_is_refused_clearly() -> None:
+    for url in ("sqlite+aiosqlite:///:memory:", "sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(ValueError, match="in-memory SQLite"):
+            await Store.open(url)
+
+
+async def test_waiting_on_other_processes_turns_leaves_nothing_behind(
+    store: Store, target: Target
+) -> None:
+    """A store that waits for turns of another process keeps no entry per turn waited."""
+    other = await target.open()
+    try:
+        for i in range(20):
+            turn = await other.begin_turn(f"c{i}", "go")
+            await turn.finish()
+            assert (await store.wait_for_turn(turn.id)).status == "finished"
+        assert store.wakeups.pending_events() == 0
+    finally:
+        await other.close()

@@ -22,6 +22,8 @@ def pg_url(request: pytest.FixtureRequest) -> str:
     over ``backend``."""
     callspec = getattr(request.node, "callspec", None)
     sqlite_case = callspec is not None and callspec.params.get("backend") == "sqlite"
+    if not sqlite_case and PG_URL == "skip":
+        pytest.skip("STORE_PG_URL=skip: PostgreSQL tests not run")
     if not sqlite_case and ("database", "postgres") not in request.node.user_properties:
         request.node.user_properties.append(("database", "postgres"))
     return PG_URL
