@@ -144,7 +144,7 @@ class Worker:
                 leaf._soak_counted = True  # type: ignore[attr-defined]
             kind = expected_kind(leaf)
             if kind is not None:
-                self.record("expected", kind=kind, where=where, **about)
+                self.record("expected", kind=kind, where=where, error=str(leaf)[:300], **about)
                 continue
             text = "".join(traceback.format_exception(leaf))
             print(f"[{self.plan.name}] unexpected error in {where}:\n{text}", file=sys.stderr)
@@ -315,7 +315,7 @@ class Worker:
                 raise
             # the store's own finish() at the end of the block: call it again
             self.error(exc, "finish", turn)
-            await self.writing(turn.finish, "finish", turn)
+            await self.writing(turn.finish, "finish", turn, unknown=isinstance(exc, OutcomeUnknown))
         turn = state.turn
         if turn is not None and not turn.duplicate and turn.status == "finished":
             self.finished(turn, state)
@@ -422,7 +422,10 @@ class Worker:
             message, closed = buffer.closed(INTERRUPTED)
             with anyio.CancelScope(shield=True):
                 buffer.committed = await self.writing(
-                    lambda: turn.commit_step(message, closed), "step", turn
+                    lambda: turn.commit_step(message, closed),
+                    "step",
+                    turn,
+                    unknown=isinstance(exc, OutcomeUnknown),
                 )
         finally:
             log_if_committed()
@@ -438,10 +441,17 @@ class Worker:
                 out.append({"id": call.id, "content": result.content, "error": result.is_error})
         return out
 
-    async def writing(self, call: Callable[[], Awaitable[T]], where: str, turn: Turn) -> T:
+    async def writing(
+        self,
+        call: Callable[[], Awaitable[T]],
+        where: str,
+        turn: Turn,
+        *,
+        unknown: bool = False,
+    ) -> T:
         """Call a write; if it raised ``StoreUnavailable``, call the same write again (an
-        unknown outcome is answered exactly), a few times with a short sleep."""
-        unknown = False
+        unknown outcome is answered exactly), a few times with a short sleep. ``unknown``:
+        an earlier call of this write, made elsewhere, raised ``OutcomeUnknown``."""
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 answer = await call()
