@@ -7,6 +7,7 @@ the database itself refuses a tool result without its call or a call without its
 
 from .errors import (
     ConversationBusy,
+    ConversationInUse,
     DuplicateTurnWrite,
     IntegrityViolation,
     InvalidMessage,
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_URL",
     "AssistantMessage",
     "ConversationBusy",
+    "ConversationInUse",
     "DuplicateTurnWrite",
     "IntegrityViolation",
     "InvalidMessage",

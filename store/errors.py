@@ -28,6 +28,21 @@ class ConversationBusy(StoreError):
         )
 
 
+class ConversationInUse(ConversationBusy):
+    """``Store.delete_conversation``: a turn runs or waits on the conversation, so nothing
+    was deleted. Erase it once the turn has ended, or with ``force=True`` (the turn is then
+    erased with the rest, and its next write fails with ``LeaseLost``)."""
+
+    def __init__(self, conversation_id: str, live: tuple[tuple[str, str], ...]) -> None:
+        self.live = live
+        turns = ", ".join(f"{turn_id} ({status})" for turn_id, status in live)
+        super().__init__(conversation_id)
+        self.args = (
+            f"conversation {conversation_id!r} has a turn in progress ({turns}); nothing was "
+            "deleted. Erase it once the turn has ended, or with force=True (--force)",
+        )
+
+
 class LeaseLost(StoreError):
     """This turn no longer owns its conversation: its lease expired and another turn took
     over (or the turn was ended elsewhere). Nothing was written. Stop the agent loop; the

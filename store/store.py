@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, make_url
 
 from . import claim
 from .backends.base import DEFAULT_RETRY_SECONDS, Backend, ClaimRow, TurnEnd, Tx
+from .erase import Erased, erase
 from .errors import SchemaError, StoreUnavailable, TurnNotFound
 from .history import as_datetime, read_history, read_replay_rows
 from .messages import Content, Limits, StoredMessage
@@ -277,6 +278,14 @@ class Store:
             lambda: read_replay_rows(self.backend, conversation_id, last), write=False
         )
         return replay_rows(rows, provider, unanswered=unanswered, system=system)
+
+    async def delete_conversation(self, conversation_id: str, *, force: bool = False) -> Erased:
+        """Erase every row of a conversation — messages, turns, staged steps, session marks —
+        in one transaction: the one path by which rows leave the store (privacy requests,
+        retention). Refused with ``ConversationInUse`` while a turn runs or waits there,
+        unless ``force``. Returns what was deleted (nothing, for an unknown conversation).
+        A session's ``clear_session()`` is not this: it hides items and deletes nothing."""
+        return await erase(self, conversation_id, force=force)
 
 
 class _Opening:

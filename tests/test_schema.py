@@ -84,6 +84,10 @@ async def test_both_dialects_hold_the_same_tables_and_constraints(
         "turnstore_messages",
         "turnstore_staged_steps",
         "turnstore_migrations",
+        # version 10: a session's pop and clear marks, its writes, erasures in progress
+        "turnstore_session_marks",
+        "turnstore_session_writes",
+        "turnstore_erasures",
     }
     assert sqlite_shape == postgres_shape
     messages = postgres_shape["turnstore_messages"]

@@ -226,3 +226,90 @@ SELECT status, count(*) AS n FROM turnstore_turns GROUP BY status;
 SELECT (SELECT count(*) FROM turnstore_messages WHERE role = 'assistant') AS steps,
        (SELECT count(*) FROM turnstore_messages
          WHERE role = 'tool' AND is_error AND content LIKE '%interrupted:%') AS interrupted_calls;
+
+-- Sessions of the OpenAI Agents SDK (store/integrations/agents_log.py) and their marks
+-- (0010_session_marks_and_erasure.sql).
+
+-- name: agents_last_row
+-- The conversation's last message and its turn: a session's write goes on in that turn if
+-- the session opened it.
+SELECT m.position, m.turn_id, t.status, t.steps, t.epoch
+  FROM turnstore_messages m
+  JOIN turnstore_turns t ON t.id = m.turn_id AND t.conversation_id = m.conversation_id
+ WHERE m.conversation_id = :conversation_id
+ ORDER BY position DESC LIMIT 1;
+
+-- name: agents_reopen_turn
+-- A session's turn that ended after its last write, running again for the session's next
+-- write to it (the conversation's last turn: nothing has run since).
+UPDATE turnstore_turns
+   SET status = 'running', epoch = :epoch, ended_at = NULL, error = NULL,
+       lease_owner = :owner,
+       lease_expires_at = ((julianday('now') - 2440587.5) * 86400.0) + :lease_seconds
+ WHERE id = :turn_id AND conversation_id = :conversation_id AND status = 'finished';
+
+-- name: agents_staged
+-- The step the conversation's running turn staged (a session's function call waiting for
+-- its output), if any.
+SELECT t.id, t.steps, s.payload
+  FROM turnstore_turns t
+  JOIN turnstore_staged_steps s ON s.turn_id = t.id AND s.step = t.steps + 1
+ WHERE t.conversation_id = :conversation_id AND t.status = 'running';
+
+-- name: agents_visible_from
+-- Where a session's visible history starts: its last clear (clears only move forward).
+SELECT position FROM turnstore_session_marks
+ WHERE conversation_id = :conversation_id AND kind = 'clear'
+ ORDER BY position DESC LIMIT 1;
+
+-- name: agents_pops
+SELECT position, slot FROM turnstore_session_marks
+ WHERE conversation_id = :conversation_id AND kind = 'pop' AND position >= :from_position;
+
+-- name: agents_insert_mark
+INSERT INTO turnstore_session_marks (conversation_id, seq, kind, position, slot)
+SELECT :conversation_id,
+       coalesce((SELECT seq FROM turnstore_session_marks
+                  WHERE conversation_id = :conversation_id
+                  ORDER BY seq DESC LIMIT 1), 0) + 1,
+       :kind, :position, :slot;
+
+-- name: agents_write_outcome
+-- A session's write already applied (retried after its reply was lost), and its outcome.
+SELECT outcome FROM turnstore_session_writes
+ WHERE conversation_id = :conversation_id AND write_id = :write_id;
+
+-- name: agents_record_write
+INSERT INTO turnstore_session_writes (conversation_id, write_id, outcome)
+VALUES (:conversation_id, :write_id, :outcome);
+
+-- Erasing a conversation (store/erase.py): every statement names the conversation.
+
+-- name: erase_live_turns
+SELECT id, status FROM turnstore_turns
+ WHERE conversation_id = :conversation_id AND status IN ('queued', 'running');
+
+-- name: erase_begin
+INSERT INTO turnstore_erasures (conversation_id) VALUES (:conversation_id);
+
+-- name: erase_messages
+DELETE FROM turnstore_messages WHERE conversation_id = :conversation_id;
+
+-- name: erase_staged_steps
+DELETE FROM turnstore_staged_steps
+ WHERE turn_id IN (SELECT id FROM turnstore_turns WHERE conversation_id = :conversation_id);
+
+-- name: erase_marks
+DELETE FROM turnstore_session_marks WHERE conversation_id = :conversation_id;
+
+-- name: erase_writes
+DELETE FROM turnstore_session_writes WHERE conversation_id = :conversation_id;
+
+-- name: erase_turns
+DELETE FROM turnstore_turns WHERE conversation_id = :conversation_id;
+
+-- name: erase_conversation
+DELETE FROM turnstore_conversations WHERE id = :conversation_id;
+
+-- name: erase_end
+DELETE FROM turnstore_erasures WHERE conversation_id = :conversation_id;
