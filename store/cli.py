@@ -1,4 +1,4 @@
-"""``python -m store``: migrate, check, demo, soak, replay, bench."""
+"""``python -m store``: migrate, check, delete, demo, soak, replay, bench."""
 
 from __future__ import annotations
 
@@ -61,6 +61,37 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _delete(args: argparse.Namespace) -> int:
+    """Erase one conversation (every row of it, one transaction): exit 0 when erased (or
+    there was nothing to erase), 1 when refused because a turn runs there."""
+    from .errors import ConversationInUse
+    from .store import Store
+
+    require_existing_sqlite(args.db)
+
+    async def run():  # type: ignore[no-untyped-def]
+        store = await Store.open(args.db, schema=args.schema, migrate=False)
+        try:
+            return await store.delete_conversation(args.conversation, force=args.force)
+        finally:
+            await store.close()
+
+    try:
+        erased = anyio.run(run)
+    except ConversationInUse as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    if not erased.existed:
+        print(f"no conversation {args.conversation!r}: nothing deleted")
+        return 0
+    print(
+        f"deleted conversation {args.conversation!r}: {erased.messages} messages, "
+        f"{erased.turns} turns, {erased.staged_steps} staged steps, "
+        f"{erased.session_marks} session marks, {erased.session_writes} session writes"
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
@@ -95,6 +126,20 @@ def build_parser(prog: str = "python -m store") -> argparse.ArgumentParser:
     db_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=_check)
+
+    p = sub.add_parser(
+        "delete",
+        help="erase a conversation: every row of it, in one transaction (privacy requests); "
+        "refused (exit 1) while a turn runs there unless --force",
+    )
+    db_args(p)
+    p.add_argument("--conversation", required=True, help="the conversation id to erase")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="erase even while a turn runs or waits there (its next write fails)",
+    )
+    p.set_defaults(run=_delete)
 
     p = sub.add_parser("demo", help="concurrent double submits and interruptions, then check")
     p.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file)")

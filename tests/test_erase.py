@@ -4,6 +4,10 @@ only inside an erasure (schema version 10)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from sqlalchemy import text
 
@@ -139,3 +143,39 @@ async def test_an_erasure_record_lets_a_delete_of_that_conversation_only(
     )
     assert await count_rows(store, "one") == (2, 0)
     assert await count_rows(store, "other") == (2, 8)
+
+
+def _cli(target: Target, *args: str) -> subprocess.CompletedProcess[str]:
+    schema = ["--schema", target.schema] if target.schema else []
+    return subprocess.run(
+        [sys.executable, "-m", "store", "delete", "--db", target.url, *schema, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[1],
+    )
+
+
+async def test_the_command_line_erases_refuses_and_forces(store: Store, target: Target) -> None:
+    await _two_turns(store, "done")
+    await _two_turns(store, "live")
+    turn = await store.begin_turn("live", "still going")
+
+    done = _cli(target, "--conversation", "done")
+    assert done.returncode == 0, done.stderr
+    assert "deleted conversation 'done': 8 messages, 2 turns" in done.stdout
+    assert await count_rows(store, "done") == (0, 0)
+
+    refused = _cli(target, "--conversation", "live")
+    assert refused.returncode == 1
+    assert turn.id in refused.stderr and "--force" in refused.stderr
+    assert await count_rows(store, "live") == (3, 9)
+
+    forced = _cli(target, "--conversation", "live", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert await count_rows(store, "live") == (0, 0)
+
+    unknown = _cli(target, "--conversation", "nobody")
+    assert unknown.returncode == 0
+    assert "nothing deleted" in unknown.stdout
+    await assert_clean(store)
