@@ -92,6 +92,9 @@ class Turn:
         #: a step whose outcome is unknown (its call raised OutcomeUnknown): the next write
         #: learns whether it landed before anything else (``_settle``)
         self._unsettled: StepWrite | None = None
+        #: the step buffer whose step is checkpointed and not yet committed: ending the
+        #: turn commits it (``_end``)
+        self._staged: StepBuffer | None = None
         if not duplicate and status == "running":
             store.wakeups.turn_started(self)
 
@@ -242,35 +245,42 @@ class Turn:
         self.steps = write.step
         self._next_position += 1 + len(write.call_ids)
         self._call_ids.update(write.call_ids)
+        if self._staged is not None:  # the checkpointed step is history now
+            self._staged.committed = write.step
+            self._staged = None
         return write.step
 
     async def _commit(self, encoded: EncodedStep) -> int:
-        store = self._store
         async with _held(self._write_lock):
             self._check_writable()
-            landed = await self._settle()
-            if landed is not None and landed.same_step(encoded):
-                return landed.step  # the same write again, after an unknown outcome
-            write = self._write_for(encoded)
-            with anyio.CancelScope(shield=True):
-                try:
-                    outcome = await self._run_write(lambda: store.backend.commit_step(write), write)
-                except OutcomeUnknown:
-                    self._unsettled = write
-                    raise
-                if outcome is None:
+            return await self._commit_locked(encoded)
+
+    async def _commit_locked(self, encoded: EncodedStep) -> int:
+        """Commit a step; the caller holds the write lock."""
+        store = self._store
+        landed = await self._settle()
+        if landed is not None and landed.same_step(encoded):
+            return landed.step  # the same write again, after an unknown outcome
+        write = self._write_for(encoded)
+        with anyio.CancelScope(shield=True):
+            try:
+                outcome = await self._run_write(lambda: store.backend.commit_step(write), write)
+            except OutcomeUnknown:
+                self._unsettled = write
+                raise
+            if outcome is None:
+                return self._committed(write)
+            status, _, steps = outcome.partition(":")
+            if status == "running" and int(steps) == write.step:
+                # Step ``write.step`` exists: an earlier attempt of this call landed, its
+                # answer lost with the connection, if what is stored there is this write.
+                if await self._stored(write):
                     return self._committed(write)
-                status, _, steps = outcome.partition(":")
-                if status == "running" and int(steps) == write.step:
-                    # Step ``write.step`` exists: an earlier attempt of this call landed, its
-                    # answer lost with the connection, if what is stored there is this write.
-                    if await self._stored(write):
-                        return self._committed(write)
-                    raise IntegrityViolation(
-                        f"turn {self.id}: step {write.step} holds another write than this "
-                        "one; nothing was written"
-                    )
-            self._raise_not_running(status)
+                raise IntegrityViolation(
+                    f"turn {self.id}: step {write.step} holds another write than this "
+                    "one; nothing was written"
+                )
+        self._raise_not_running(status)
         raise AssertionError("unreachable")
 
     async def _stored(self, write: StepWrite) -> bool:
@@ -360,6 +370,20 @@ class Turn:
         async with _held(self._write_lock):
             self._check_writable()
             await self._settle()
+            staged = self._staged
+            if staged is not None:
+                # A checkpointed step not committed (its block never got to commit it): its
+                # tools ran, so it goes into history before the turn ends, unanswered calls
+                # closed as interrupted, as a takeover would commit it.
+                closed = encode_step(
+                    *staged.closed(INTERRUPTED),
+                    store.limits,
+                    known_call_ids=frozenset(self._call_ids),
+                )
+                if final is None:
+                    final = closed
+                else:
+                    await self._commit_locked(closed)
             write = self._write_for(final) if final is not None else None
             end = TurnEnd(
                 lock_key=store.backend.lock_key(self.conversation_id),
@@ -511,6 +535,7 @@ class StepBuffer:
             turn._check_writable()
             await turn._settle()  # the staged step's number depends on what landed
             await turn._renew(payload)
+            turn._staged = self
 
     def closed(self, reason: str) -> tuple[AssistantMessage, list[ToolResult]]:
         """The step with every unanswered call closed by an error result."""
@@ -539,7 +564,10 @@ class StepBuffer:
                         self.unanswered,
                     )
                 message, results = self.closed("no result was recorded for this tool call")
-                self.committed = await turn.commit_step(message, results)
+                # The block ended: its step commits even if a cancellation is already
+                # pending (a deadline that passed during its last await).
+                with anyio.CancelScope(shield=True):
+                    self.committed = await turn.commit_step(message, results)
             return None
         if isinstance(exc, DuplicateTurnWrite):
             return None  # a duplicate's handle writes nothing

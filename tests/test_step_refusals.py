@@ -4,6 +4,7 @@ block exits, unanswered calls closed as interrupted, and the turn ends failed.""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from store import InvalidMessage, Store
@@ -49,4 +50,57 @@ async def test_a_refused_call_that_is_caught_leaves_the_step_going(store: Store)
         ("assistant", None, ""),
         ("tool", "k1", "inserted 1"),
     ]
+    await assert_clean(store)
+
+
+async def test_a_cancel_pending_as_a_step_block_ends_keeps_the_step(store: Store) -> None:
+    """Found by the soak: a cancellation already pending when the block ends normally
+    (a deadline that passed during its last await) must not throw the step away."""
+    with anyio.CancelScope() as scope:
+        async with store.turn("c", "build it") as turn, turn.step() as step:
+            step.text("one tool")
+            step.tool_call("a", "insertHtml", {})
+            step.tool_result("a", "inserted a")
+            await step.checkpoint()
+            scope.cancel()
+    assert step.committed == 1
+    history = await store.history("c")
+    assert [(m.role, m.tool_call_id, m.is_error, m.text) for m in history] == [
+        ("user", None, False, "build it"),
+        ("assistant", None, False, "one tool"),
+        ("tool", "a", False, "inserted a"),
+    ]
+    # the block itself returned: whether the turn then ends finished or interrupted depends
+    # on where the cancellation is delivered; the step is kept either way
+    assert (await store.turn_status(turn.id)).status in ("finished", "interrupted")
+    await assert_clean(store)
+
+
+@pytest.mark.parametrize("how", ["fail", "interrupt", "finish", "finish_with_final"])
+async def test_ending_a_turn_commits_its_checkpointed_step(store: Store, how: str) -> None:
+    """A checkpointed step that its owner never committed goes into history when the owner
+    ends the turn, as a takeover would commit it: those tools ran."""
+    turn = await store.begin_turn("c", "build it")
+    step = turn.step()  # not as a block: the runtime gave up on the step
+    step.tool_call("a", "insertHtml", {})
+    step.tool_call("b", "insertHtml", {})
+    step.tool_result("a", "inserted a")
+    await step.checkpoint()
+    if how == "fail":
+        await turn.fail("could not commit")
+    elif how == "interrupt":
+        await turn.interrupt()
+    elif how == "finish":
+        await turn.finish()
+    else:
+        await turn.finish("done")
+    history = await store.history("c")
+    rows = [(m.role, m.tool_call_id, m.is_error, m.text) for m in history]
+    assert rows[:4] == [
+        ("user", None, False, "build it"),
+        ("assistant", None, False, ""),
+        ("tool", "a", False, "inserted a"),
+        ("tool", "b", True, INTERRUPTED),
+    ]
+    assert rows[4:] == ([("assistant", None, False, "done")] if how == "finish_with_final" else [])
     await assert_clean(store)
