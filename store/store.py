@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from sqlalchemy.engine import URL, make_url
@@ -26,6 +27,9 @@ from .replay.pairing import Unanswered
 from .replay.repair import Repair
 from .turn import TERMINAL, Turn, TurnOutcome
 from .wakeups import LocalWakeups
+
+if TYPE_CHECKING:
+    from .usage import UsageRecord, UsageTotals
 
 DEFAULT_URL = "sqlite+aiosqlite:///./conversations.db"
 _LOCAL_RECHECK_S = 2.0
@@ -278,6 +282,68 @@ class Store:
             lambda: read_replay_rows(self.backend, conversation_id, last), write=False
         )
         return replay_rows(rows, provider, unanswered=unanswered, system=system)
+
+    async def resume_turn(self, turn_id: str, *, epoch: int | None = None) -> Turn:
+        """A handle on a running turn that another store (another process, or this service
+        before a restart) began: see ``store.resume.resume_turn``. ``epoch``, the turn's
+        fencing token (``Turn.epoch``), is checked when given."""
+        from .resume import resume_turn
+
+        return await resume_turn(self, turn_id, epoch=epoch)
+
+    async def record_usage(
+        self,
+        turn: Turn | str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_creation_tokens: int = 0,
+        cost_usd: Decimal | float | int | str | None = None,
+        step: int | None = None,
+        model: str | None = None,
+        usage_id: str | None = None,
+        epoch: int | None = None,
+    ) -> UsageRecord:
+        """Record what a model call of ``turn`` (its handle, or its id) cost: tokens and
+        the cost in US dollars (kept exactly, to a billionth), for one ``step`` (at most the
+        turn's open step, ``turn.steps + 1``) or, with ``step=None``, for the turn as a
+        whole. Append-only: each call adds a report; sums are read with
+        ``conversation_usage`` and ``turn_usage``. ``usage_id`` makes a retry exact: the
+        same report again returns the first (``duplicate=True``). Accepted for a turn
+        that runs or has ended (taken over included), refused for one that never ran.
+        ``epoch`` (default: the handle's) must be the turn's fencing token."""
+        from .usage import record_usage
+
+        return await record_usage(
+            self,
+            turn,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_creation_tokens=cache_creation_tokens,
+            cost_usd=cost_usd,
+            step=step,
+            model=model,
+            usage_id=usage_id,
+            epoch=epoch,
+        )
+
+    async def turn_usage(self, turn_id: str) -> list[UsageRecord]:
+        """Every usage report of a turn, in the order recorded (``store.usage.sum_records``
+        sums them)."""
+        from .usage import usage_of_turn
+
+        return await usage_of_turn(self, turn_id)
+
+    async def conversation_usage(
+        self, conversation_id: str, *, from_position: int = 0
+    ) -> tuple[UsageTotals, dict[str, UsageTotals]]:
+        """A conversation's usage summed over all its turns, and per turn for the turns whose
+        user message is at ``from_position`` or later (a history window's), by turn id."""
+        from .usage import conversation_usage
+
+        return await conversation_usage(self, conversation_id, from_position=from_position)
 
     async def delete_conversation(self, conversation_id: str, *, force: bool = False) -> Erased:
         """Erase every row of a conversation — messages, turns, staged steps, session marks —

@@ -27,7 +27,9 @@ WHOLE_TABLE_READS = {"check_messages", "check_turns", "turns_by_status",
 # Erasing a conversation (store/erase.py) deletes all of it, on purpose; the erasure
 # record is keyed by the conversation alone.
 WHOLE_CONVERSATION = {"erase_messages", "erase_staged_steps", "erase_marks", "erase_writes",
-                      "erase_turns", "erase_end"}  # fmt: skip
+                      "erase_turns", "erase_end",
+                      # a conversation's usage sums read its usage rows (a few per turn)
+                      "usage_total"}  # fmt: skip
 # A descending seek on (conversation_id, position) stopped after its first row.
 LAST_POSITION = "ORDER BY position DESC LIMIT 1"
 # The same on a session's marks, for the next mark's number (agents_insert_mark).

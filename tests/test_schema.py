@@ -88,6 +88,8 @@ async def test_both_dialects_hold_the_same_tables_and_constraints(
         "turnstore_session_marks",
         "turnstore_session_writes",
         "turnstore_erasures",
+        # version 11: usage reports (tokens and cost) per turn and step
+        "turnstore_usage",
     }
     assert sqlite_shape == postgres_shape
     messages = postgres_shape["turnstore_messages"]

@@ -333,3 +333,80 @@ DELETE FROM turnstore_conversations WHERE id = :conversation_id;
 
 -- name: erase_end
 DELETE FROM turnstore_erasures WHERE conversation_id = :conversation_id;
+
+-- Resuming a running turn by id from another Store (store/resume.py: a restarted HTTP
+-- service, python -m store serve), and the service's reads (store/server/).
+
+-- name: resume_turn
+-- A turn's conversation, state and fencing token, and where its next step goes.
+SELECT t.conversation_id, t.status, t.steps, t.epoch,
+       coalesce((SELECT position FROM turnstore_messages
+                  WHERE conversation_id = t.conversation_id
+                  ORDER BY position DESC LIMIT 1), -1) + 1 AS next_position
+  FROM turnstore_turns t WHERE t.id = :turn_id;
+
+-- name: conversation_exists
+SELECT epoch FROM turnstore_conversations WHERE id = :conversation_id;
+
+-- name: message_at
+-- One message by position, as the history query's columns, with the tool rows of its step
+-- when it is an assistant message (its calls are read from them).
+SELECT position, role, turn_id, step, tool_call_count, content, tool_call_id, tool_name,
+       tool_arguments, tool_call_data, is_error, created_at
+  FROM turnstore_messages
+ WHERE conversation_id = :conversation_id AND position >= :position
+   AND position <= :position + coalesce(
+         (SELECT CASE WHEN h.role = 'assistant' THEN h.tool_call_count ELSE 0 END
+            FROM turnstore_messages h
+           WHERE h.conversation_id = :conversation_id AND h.position = :position), 0)
+ ORDER BY position;
+
+-- Usage (0011_usage.sql; store/usage.py).
+
+-- name: usage_insert
+-- Numbered after the turn's last report; run under the conversation's lock.
+INSERT INTO turnstore_usage
+    (turn_id, seq, conversation_id, step, usage_id, model, prompt_tokens,
+     completion_tokens, cache_read_tokens, cache_creation_tokens, cost_nano_usd)
+SELECT CAST(:turn_id AS text),
+       coalesce((SELECT u.seq FROM turnstore_usage u WHERE u.turn_id = :turn_id
+                  ORDER BY u.seq DESC LIMIT 1), 0) + 1,
+       CAST(:conversation_id AS text), CAST(:step AS integer), CAST(:usage_id AS text),
+       CAST(:model AS text), CAST(:prompt_tokens AS bigint),
+       CAST(:completion_tokens AS bigint), CAST(:cache_read_tokens AS bigint),
+       CAST(:cache_creation_tokens AS bigint), CAST(:cost_nano_usd AS bigint)
+RETURNING seq, created_at;
+
+-- name: usage_by_id
+SELECT seq, step, usage_id, model, prompt_tokens, completion_tokens, cache_read_tokens,
+       cache_creation_tokens, cost_nano_usd, created_at
+  FROM turnstore_usage WHERE turn_id = :turn_id AND usage_id = :usage_id;
+
+-- name: usage_of_turn
+SELECT seq, step, usage_id, model, prompt_tokens, completion_tokens, cache_read_tokens,
+       cache_creation_tokens, cost_nano_usd, created_at
+  FROM turnstore_usage WHERE turn_id = :turn_id ORDER BY seq;
+
+-- name: usage_by_turn
+-- Sums per turn, for the turns whose user message is at :from_position or later (a
+-- history window's turns).
+SELECT u.turn_id, count(*) AS reports, sum(u.prompt_tokens) AS prompt_tokens,
+       sum(u.completion_tokens) AS completion_tokens,
+       sum(u.cache_read_tokens) AS cache_read_tokens,
+       sum(u.cache_creation_tokens) AS cache_creation_tokens,
+       sum(u.cost_nano_usd) AS cost_nano_usd, count(u.cost_nano_usd) AS costed
+  FROM turnstore_usage u
+ WHERE u.conversation_id = :conversation_id
+   AND u.turn_id IN (SELECT m.turn_id FROM turnstore_messages m
+                      WHERE m.conversation_id = :conversation_id AND m.role = 'user'
+                        AND m.position >= :from_position)
+ GROUP BY u.turn_id;
+
+-- name: usage_total
+-- A conversation's sums: every usage row of the conversation (a few per turn).
+SELECT count(*) AS reports, sum(prompt_tokens) AS prompt_tokens,
+       sum(completion_tokens) AS completion_tokens,
+       sum(cache_read_tokens) AS cache_read_tokens,
+       sum(cache_creation_tokens) AS cache_creation_tokens,
+       sum(cost_nano_usd) AS cost_nano_usd, count(cost_nano_usd) AS costed
+  FROM turnstore_usage WHERE conversation_id = :conversation_id;
