@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -32,6 +33,13 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the migration's text (line endings normalised): recorded when it is
+        applied, so that a file edited afterwards is noticed, not silently skipped."""
+        text = self.sql.replace("\r\n", "\n")
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def has_statements(self) -> bool:
@@ -68,3 +76,25 @@ def queries(dialect: str) -> dict[str, str]:
         ).strip()
         named[name] = sql.rstrip(";")
     return named
+
+
+def check_recorded(dialect: str, recorded: dict[int, str | None]) -> list[Migration]:
+    """Compare the checksums a database recorded for ``dialect`` (by version; None: applied
+    before checksums were recorded) with the files; raise ``SchemaError`` for an edited
+    one. Returns the applied migrations whose checksum is still to be recorded."""
+    from .errors import SchemaError
+
+    adopt = []
+    for migration in migrations(dialect):
+        if migration.version not in recorded:
+            continue
+        stored = recorded[migration.version]
+        if stored is None:
+            adopt.append(migration)
+        elif stored != migration.checksum:
+            raise SchemaError(
+                f"migration {migration.version:04d}_{migration.name}.sql differs from the one "
+                "this database applied (its checksum changed): a migration must never be "
+                "edited once released; restore it and put the change in a new migration"
+            )
+    return adopt

@@ -240,18 +240,32 @@ class PostgresBackend(Backend):
                 if self.schema is not None:
                     await driver.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 await driver.execute(_MIGRATIONS_TABLE)
+                await driver.execute(
+                    "ALTER TABLE turnstore_migrations ADD COLUMN IF NOT EXISTS checksum text"
+                )
                 done = {
-                    r[0] for r in await driver.fetch("SELECT version FROM turnstore_migrations")
+                    r[0]: r[1]
+                    for r in await driver.fetch(
+                        "SELECT version, checksum FROM turnstore_migrations"
+                    )
                 }
+                for migration in sql.check_recorded(self.dialect, done):
+                    await driver.execute(
+                        "UPDATE turnstore_migrations SET checksum = $2 WHERE version = $1",
+                        migration.version,
+                        migration.checksum,
+                    )
                 for migration in sql.migrations(self.dialect):
                     if migration.version in done:
                         continue
                     if migration.has_statements:
                         await driver.execute(migration.sql)
                     await driver.execute(
-                        "INSERT INTO turnstore_migrations (version, name) VALUES ($1, $2)",
+                        "INSERT INTO turnstore_migrations (version, name, checksum) "
+                        "VALUES ($1, $2, $3)",
                         migration.version,
                         migration.name,
+                        migration.checksum,
                     )
                     applied.append(migration.version)
         return applied

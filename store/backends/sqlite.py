@@ -228,17 +228,32 @@ class SqliteBackend(Backend):
         applied: list[int] = []
         async with self._write_engine.begin() as conn:
             await conn.exec_driver_sql(_MIGRATIONS_TABLE)
-            done = {
-                r[0] for r in await conn.exec_driver_sql("SELECT version FROM turnstore_migrations")
+            columns = {
+                r[1] for r in await conn.exec_driver_sql("PRAGMA table_info(turnstore_migrations)")
             }
+            if "checksum" not in columns:
+                await conn.exec_driver_sql(
+                    "ALTER TABLE turnstore_migrations ADD COLUMN checksum TEXT"
+                )
+            done = {
+                r[0]: r[1]
+                for r in await conn.exec_driver_sql(
+                    "SELECT version, checksum FROM turnstore_migrations"
+                )
+            }
+            for migration in sql.check_recorded(self.dialect, done):
+                await conn.exec_driver_sql(
+                    "UPDATE turnstore_migrations SET checksum = ? WHERE version = ?",
+                    (migration.checksum, migration.version),
+                )
             for migration in sql.migrations(self.dialect):
                 if migration.version in done:
                     continue
                 for statement in split_statements(migration.sql):
                     await conn.exec_driver_sql(statement)
                 await conn.exec_driver_sql(
-                    "INSERT INTO turnstore_migrations (version, name) VALUES (?, ?)",
-                    (migration.version, migration.name),
+                    "INSERT INTO turnstore_migrations (version, name, checksum) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, migration.checksum),
                 )
                 applied.append(migration.version)
         return applied

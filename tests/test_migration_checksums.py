@@ -1,0 +1,43 @@
+"""Each applied migration's checksum is recorded; a migration file edited after it was
+applied is refused by the next migrate, never silently skipped."""
+
+from __future__ import annotations
+
+import pytest
+
+from store import SchemaError, sql
+
+from .conftest import Target
+
+
+async def _recorded(target: Target) -> dict[int, str | None]:
+    store = await target.open()
+    try:
+        async with store.backend.read() as tx:
+            rows = await tx.conn.exec_driver_sql(  # type: ignore[attr-defined]
+                "SELECT version, checksum FROM turnstore_migrations"
+            )
+            return {r[0]: r[1] for r in rows}
+    finally:
+        await store.close()
+
+
+async def test_checksums_are_recorded_and_an_edited_migration_is_refused(
+    target: Target,
+) -> None:
+    recorded = await _recorded(target)
+    dialect = "postgres" if target.kind == "postgres" else "sqlite"
+    assert recorded == {m.version: m.checksum for m in sql.migrations(dialect)}
+
+    # as if 0003 had been edited since: the database's record no longer matches the file
+    await target.raw_execute("UPDATE turnstore_migrations SET checksum = 'x' WHERE version = 3")
+    with pytest.raises(SchemaError, match=r"0003_.*must never be edited"):
+        await target.open()
+
+
+async def test_a_database_migrated_before_checksums_adopts_them(target: Target) -> None:
+    await _recorded(target)
+    await target.raw_execute("UPDATE turnstore_migrations SET checksum = NULL")
+    recorded = await _recorded(target)  # opening migrates: the checksums are filled in
+    dialect = "postgres" if target.kind == "postgres" else "sqlite"
+    assert recorded == {m.version: m.checksum for m in sql.migrations(dialect)}
