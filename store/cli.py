@@ -1,4 +1,4 @@
-"""``python -m store``: migrate, check, delete, demo, soak, replay, bench."""
+"""``python -m store``: migrate, check, delete, demo, soak, serve, replay, bench."""
 
 from __future__ import annotations
 
@@ -110,6 +110,12 @@ def _soak(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .server.serve import run
+
+    return run(args)
+
+
 def build_parser(prog: str = "python -m store") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +164,16 @@ def build_parser(prog: str = "python -m store") -> argparse.ArgumentParser:
     )
     soak_arguments(p)
     p.set_defaults(run=_soak)
+
+    from .server.serve import add_arguments as serve_arguments
+
+    p = sub.add_parser(
+        "serve",
+        help="the HTTP service (/v1, OpenAPI at /openapi.json, docs at /docs): runtimes in "
+        "any language begin turns, append events and steps, read and replay history",
+    )
+    serve_arguments(p)
+    p.set_defaults(run=_serve)
 
     # listed for --help; main() hands their arguments to their own parsers
     sub.add_parser(

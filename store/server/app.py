@@ -1,0 +1,154 @@
+"""The application factory: ``create_app(ServiceConfig(...))`` is an ASGI app that opens
+its store when it starts and closes it when it stops."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..messages import Limits as MessageLimits
+from ..store import Store, StoreConfig
+from . import conversations, problems, turns
+from .auth import Authenticator
+from .common import ServiceState
+from .limits import BodyLimits, Limits
+from .live import LiveTurns
+
+access_log = logging.getLogger("turnstore.http.access")
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    db: str
+    schema: str | None = None
+    tokens: list[tuple[bytes, str]] | None = None
+    limits: Limits = field(default_factory=Limits)
+    lease_seconds: float = 30.0
+    busy_timeout: float = 30.0
+    max_wait: float = 60.0
+    pool_size: int = 10
+    migrate: bool = True
+    live_turns: int = 10_000
+
+
+class AccessLog:
+    """One line per request at INFO: method, route template, status, time — never the
+    path's ids, a header or a body (no token, conversation id or message text). At DEBUG
+    the path itself too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                route = scope.get("route")
+                template = getattr(route, "path", None) or "(no route)"
+                ms = (time.perf_counter() - started) * 1000
+                access_log.info("%s %s %d %.1fms", scope["method"], template, status, ms)
+                if access_log.isEnabledFor(logging.DEBUG):
+                    access_log.debug("path %s", scope.get("path"))
+
+
+def create_app(config: ServiceConfig) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await Store.open(
+            config.db,
+            schema=config.schema,
+            migrate=config.migrate,
+            pool_size=config.pool_size,
+            config=StoreConfig(
+                lease_seconds=config.lease_seconds,
+                busy_timeout=config.busy_timeout,
+                limits=MessageLimits(max_message_bytes=config.limits.max_message_bytes),
+            ),
+        )
+        app.state.service = ServiceState(
+            store=store,
+            live=LiveTurns(store, config.live_turns),
+            auth=app.state.auth,
+            limits=config.limits,
+            busy_timeout=config.busy_timeout,
+            max_wait=config.max_wait,
+        )
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title="turnstore",
+        version=VERSION,
+        summary="A transactional conversation store for LLM agent runtimes, over HTTP.",
+        description="Atomic tool steps, one turn at a time per conversation, idempotent "
+        "submits, replay every provider accepts. Errors are RFC 9457 problem details "
+        "(application/problem+json) whose `error` names the turnstore error.",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.auth = Authenticator(config.tokens)
+    for router in (turns.router, conversations.router, conversations.health_router):
+        app.include_router(router)
+    problems.install(app)
+    app.add_middleware(BodyLimits, limits=config.limits)
+    app.add_middleware(AccessLog)
+    app.openapi = lambda: _openapi(app, secured=config.tokens is not None)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI, *, secured: bool) -> dict[str, Any]:
+    """FastAPI's document, with every error response as application/problem+json and,
+    when tokens are required, the bearer scheme on every operation but the health check."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status.isdigit() and int(status) >= 400:
+                    response["content"] = {problems.MEDIA_TYPE: problem}
+            operation["responses"].setdefault(
+                "500",
+                {"description": "Internal server error", "content": {problems.MEDIA_TYPE: problem}},
+            )
+            if secured and path != "/v1/health":
+                operation["security"] = [{"bearer": []}]
+    if secured:
+        doc.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
+    app.openapi_schema = doc
+    return doc

@@ -1,0 +1,155 @@
+"""Limits that fit real traffic, and slow clients that hold nothing.
+
+* A request body over ``max_request_bytes`` is a 413 before it is read (Content-Length) or
+  as soon as it passes the limit; a message (a user message, an assistant message, a call's
+  arguments, a result) over ``max_message_bytes`` is a 413 before anything is written.
+* A body that does not arrive within ``body_timeout`` seconds is a 408: a client that
+  trickles its body holds a task, never a database connection (the service reads the
+  whole body before it touches the database, and builds each response in memory before
+  sending it, so a slow reader holds none either).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .problems import Problem, problem_response
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_request_bytes: int = 8 * MiB
+    max_message_bytes: int = 4 * MiB
+    body_timeout: float = 30.0
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class BodyLimits:
+    """ASGI middleware: the request-size limit and the body deadline."""
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.max_request_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > limit:
+                    await _too_large(limit)(scope, receive, send)
+                    return
+        deadline = anyio.current_time() + self.limits.body_timeout
+        received = 0
+        body_done = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            remaining = deadline - anyio.current_time()
+            with anyio.move_on_after(max(remaining, 0)) as scope_:
+                message = await receive()
+            if scope_.cancelled_caught:
+                raise _TooSlow
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+                body_done = not message.get("more_body", False)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except (_TooLarge, _TooSlow) as exc:
+            if started:
+                raise
+            if isinstance(exc, _TooLarge):
+                await _too_large(limit)(scope, receive, send)
+            else:
+                response = problem_response(
+                    408,
+                    "RequestTimeout",
+                    f"the request body did not arrive within {self.limits.body_timeout:g}s",
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+
+
+def _too_large(limit: int) -> Any:
+    return problem_response(
+        413,
+        "RequestTooLarge",
+        f"the request body is over the limit of {limit} bytes (--max-request-bytes)",
+        headers={"Connection": "close"},
+    )
+
+
+def check_message(value: Any, what: str, limit: int) -> None:
+    """413 for a message (a JSON value as it will be stored) over ``limit`` bytes."""
+    if isinstance(value, str):
+        size = len(value.encode("utf-8", "surrogatepass")) + 40  # its text part's frame
+    else:
+        try:
+            size = len(orjson.dumps(value))
+        except (TypeError, orjson.JSONEncodeError):
+            return  # the library refuses what cannot be encoded (422)
+    if size > limit:
+        raise Problem(
+            413,
+            "MessageTooLarge",
+            f"{what}: {size} bytes is over the limit of {limit} (--max-message-bytes); "
+            "nothing was written",
+        )
+
+
+def check_messages(items: Iterable[tuple[Any, str]], limit: int) -> None:
+    for value, what in items:
+        check_message(value, what, limit)
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether a JSON value holds a string that is not valid Unicode (a lone surrogate,
+    which JSON's ``\\ud800`` escapes can carry): no database stores it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
