@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from .backends.base import ClaimRequest, ClaimRow, StepWrite, TurnEnd, Tx
-from .errors import ConversationBusy, InvalidMessage, OutcomeUnknown, TurnTakenOver
+from .errors import (
+    ConversationBusy,
+    InvalidMessage,
+    OutcomeUnknown,
+    StoreUnavailable,
+    TurnTakenOver,
+    WriteNotApplied,
+)
 from .messages import (
     INTERRUPTED,
     AssistantMessage,
@@ -135,21 +142,32 @@ async def begin_turn(
     unknown = (conversation_id, idempotency_key or submit.content_hash)
     resumed = store.unknown_claims.pop(unknown, None)
     turn_id = resumed or f"turn_{uuid.uuid4().hex}"
-    with store.wakeups.deciding(conversation_id, turn_id):
-        if decision is None:
-            with store.wakeups.submitting(
-                conversation_id, idempotency_key, submit.content_hash
-            ) as f:
-                try:
+    try:
+        with store.wakeups.deciding(conversation_id, turn_id):
+            if decision is None:
+                with store.wakeups.submitting(
+                    conversation_id, idempotency_key, submit.content_hash
+                ) as f:
                     decision = await _decide(
                         store, submit, turn_id, on_busy, first=True, retry=resumed is not None
                     )
-                except OutcomeUnknown:
-                    store.unknown_claims[unknown] = turn_id
-                    raise
-                f.duplicate = _as_duplicate(decision)
-        if isinstance(decision, Queued):
-            decision = await _wait_in_queue(store, submit, decision.turn_id, started + timeout)
+                    f.duplicate = _as_duplicate(decision)
+            if isinstance(decision, Queued):
+                decision = await _wait_in_queue(
+                    store, submit, decision.turn_id, started + timeout
+                )
+    except StoreUnavailable as exc:
+        # The submit may stand in the database (claimed by an attempt whose reply was lost,
+        # or waiting in line): the same submit again goes on with the same turn id, and is
+        # answered as this submit, never as a duplicate of itself.
+        store.unknown_claims[unknown] = turn_id
+        if isinstance(exc, WriteNotApplied) and resumed is None and decision is None:
+            raise  # nothing of this submit can be in the database
+        raise OutcomeUnknown(
+            f"the submit to conversation {conversation_id!r} may stand (turn {turn_id}): "
+            f"{exc}. Submit it again (same key and message) once the database is back: it is "
+            "answered as this submit"
+        ) from exc
     if isinstance(decision, Busy):
         raise ConversationBusy(conversation_id, waited=anyio.current_time() - started)
     if isinstance(decision, TakenOver):
@@ -416,7 +434,10 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
                 await store.wakeups.sleep(waiter, min(pause, remaining))
                 if waiter.handed is not None:
                     break
-                decision = await _decide(store, submit, turn_id, "wait", first=False)
+                try:
+                    decision = await _decide(store, submit, turn_id, "wait", first=False)
+                except StoreUnavailable:
+                    continue  # a missed poll: the turn keeps its place until the deadline
                 if not isinstance(decision, Queued):
                     return decision
             if waiter.handed is not None:

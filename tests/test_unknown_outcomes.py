@@ -15,6 +15,7 @@ PostgreSQL restart (``python -m store soak``; tests/test_faults.py).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -240,3 +241,48 @@ async def test_sqlite_locked_past_the_budget_is_not_applied(tmp_path: Any) -> No
         assert await turn.commit_step(*step("A")) == 1
         await turn.finish()
         await assert_clean(store)
+
+
+async def test_a_submit_stays_itself_across_failed_attempts(
+    pg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not applied, then unknown, then answered: the third call is this submit's own turn
+    (before, the remembered turn id was forgotten after a failed resume)."""
+    store = await pg(retry_seconds=0)
+    script_writes(monkeypatch, store, "claim_fast", ["lose", "lose", "apply+lose"])
+    with pytest.raises(StoreUnavailable):
+        await store.begin_turn("c", "build", idempotency_key="k1")
+    with pytest.raises(StoreUnavailable):
+        await store.begin_turn("c", "build", idempotency_key="k1")
+    with pytest.raises(OutcomeUnknown):
+        await store.begin_turn("c", "build", idempotency_key="k1")
+    turn = await store.begin_turn("c", "build", idempotency_key="k1")
+    assert not turn.duplicate and turn.status == "running"
+    await turn.finish("done")
+    assert [m.text for m in await store.history("c") if m.role == "user"] == ["build"]
+    await assert_clean(store)
+
+
+async def test_a_session_idle_inside_a_transaction_is_ended_by_the_server(
+    pg_target: Target,
+) -> None:
+    """A process paused between BEGIN and COMMIT (GC, SIGSTOP) holds the conversation's
+    lock: the server ends such a session, so the conversation is not blocked until it
+    resumes."""
+    async with await pg_target.open() as store, await pg_target.open() as other:
+        async with store.backend.engine.connect() as conn:
+            setting = await conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout")
+            assert setting.scalar() == "10s"
+        paused = store.backend.engine.connect()
+        await paused.start()
+        try:
+            await paused.begin()
+            await paused.exec_driver_sql(  # the conversation's lock, then silence
+                f"SELECT pg_advisory_xact_lock({store.backend.lock_key('c')})"
+            )
+            with anyio.fail_after(60):
+                turn = await other.begin_turn("c", "go", timeout=60)
+            await turn.finish()
+        finally:
+            with contextlib.suppress(Exception):
+                await paused.close()

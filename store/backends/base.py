@@ -487,12 +487,12 @@ class Backend(ABC):
                 if failure is None:
                     raise
                 maybe_landed = maybe_landed or failure == "unknown"
+                if not any(self.is_rolled_back(e) for e in _causes(exc)):
+                    # the server may have restarted: no pooled connection is good
+                    await self.reset_connections()
                 if time.monotonic() + delay > deadline:
                     raise _unavailable(exc, write=write, maybe_landed=maybe_landed) from exc
                 log.warning("database unavailable (%s); retrying in %.2fs", _short(exc), delay)
-                broken = not any(self.is_rolled_back(e) for e in _causes(exc))
-            if broken:  # the server may have restarted: no pooled connection is good
-                await self.reset_connections()
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, _MAX_RETRY_S)
 

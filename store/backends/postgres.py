@@ -42,6 +42,7 @@ T = TypeVar("T")
 Write = ClaimRequest | StepWrite | TurnEnd
 
 _APPLY = "SELECT * FROM turnstore_apply($1::turnstore_write[])"
+IDLE_IN_TRANSACTION_TIMEOUT = "10s"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS turnstore_migrations (
@@ -60,10 +61,15 @@ def server_settings(schema: str | None) -> dict[str, str]:
     scan, and a connection keeps that generic plan while the table grows: a scan of the
     whole table per lookup. Off, scans are costed out wherever an index applies
     (tests/test_plans.py). ``application_name`` shows in pg_stat_activity which store (and
-    schema) a connection belongs to."""
+    schema) a connection belongs to. ``idle_in_transaction_session_timeout``: every
+    transaction turnstore opens is a few statements sent back to back, so a session idle
+    inside one is a client that stopped (a process paused mid-transaction, by a GC pause or
+    SIGSTOP): the server ends it, releasing the conversation's lock, instead of letting it
+    block the conversation until the process resumes."""
     settings = {
         "application_name": f"turnstore:{schema}" if schema else "turnstore",
         "enable_seqscan": "off",
+        "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT,
     }
     if schema is not None:
         if not _SCHEMA_NAME.match(schema):
