@@ -45,8 +45,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "without the shape check": (
         "ALTER TABLE turnstore_messages DROP CONSTRAINT turnstore_message_shape",
     ),
-    "without the append-only trigger": (
-        "DROP TRIGGER turnstore_messages_append_only ON turnstore_messages",
+    "without the append-only triggers": (
+        "DROP TRIGGER turnstore_messages_no_update ON turnstore_messages",
+        "DROP TRIGGER turnstore_messages_no_delete ON turnstore_messages",
     ),
 }
 
