@@ -155,6 +155,7 @@ async def until_disconnected(request: Request, work: Callable[[], Awaitable[T]])
     """``await work()``, cancelled if the client disconnects meanwhile (a submit waiting in
     line leaves it; a long poll stops)."""
     done: list[T] = []
+    failed: list[Exception] = []
 
     async with anyio.create_task_group() as tg:
 
@@ -168,11 +169,16 @@ async def until_disconnected(request: Request, work: Callable[[], Awaitable[T]])
                     await anyio.sleep(0.05)  # never spin on a server that answers at once
 
         async def run() -> None:
-            done.append(await work())
+            try:
+                done.append(await work())
+            except Exception as exc:  # raised below, not as an exception group
+                failed.append(exc)
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
         tg.start_soon(run)
+    if failed:
+        raise failed[0]
     if not done:
         raise Problem(499, "ClientClosedRequest", "the client went away")
     return done[0]

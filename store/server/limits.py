@@ -31,14 +31,6 @@ class Limits:
     body_timeout: float = 30.0
 
 
-class _TooLarge(Exception):
-    pass
-
-
-class _TooSlow(Exception):
-    pass
-
-
 class BodyLimits:
     """ASGI middleware: the request-size limit and the body deadline."""
 
@@ -58,59 +50,68 @@ class BodyLimits:
                 except ValueError:
                     declared = -1
                 if declared > limit:
+                    await self._drain(receive, declared)
                     await _too_large(limit)(scope, receive, send)
                     return
         deadline = anyio.current_time() + self.limits.body_timeout
-        received = 0
         body_done = False
-        started = False
+        received = 0
 
         async def limited_receive() -> Message:
+            # Raised here, inside the framework's body reading, a Problem is answered by the
+            # app's handler like any other.
             nonlocal received, body_done
             if body_done:
                 return await receive()
-            remaining = deadline - anyio.current_time()
-            with anyio.move_on_after(max(remaining, 0)) as scope_:
+            with anyio.move_on_after(max(deadline - anyio.current_time(), 0)) as waited:
                 message = await receive()
-            if scope_.cancelled_caught:
-                raise _TooSlow
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge
-                body_done = not message.get("more_body", False)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except (_TooLarge, _TooSlow) as exc:
-            if started:
-                raise
-            if isinstance(exc, _TooLarge):
-                await _too_large(limit)(scope, receive, send)
-            else:
-                response = problem_response(
+            if waited.cancelled_caught:
+                raise Problem(
                     408,
                     "RequestTimeout",
                     f"the request body did not arrive within {self.limits.body_timeout:g}s",
                     headers={"Connection": "close"},
                 )
-                await response(scope, receive, send)
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > limit:
+                    if not body_done:
+                        await self._drain(receive, limit)
+                    raise _too_large_problem(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _drain(self, receive: Receive, size: int) -> None:
+        """Read and drop the rest of a body refused for its size (up to 4 times the limit,
+        within the body deadline), so that a client that sends its whole body before it
+        reads the answer gets the 413 rather than a reset connection."""
+        budget = 4 * self.limits.max_request_bytes
+        if size > budget:
+            return
+        with anyio.move_on_after(self.limits.body_timeout):
+            while budget > 0:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                budget -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
 
-def _too_large(limit: int) -> Any:
-    return problem_response(
+def _too_large_problem(limit: int) -> Problem:
+    return Problem(
         413,
         "RequestTooLarge",
         f"the request body is over the limit of {limit} bytes (--max-request-bytes)",
         headers={"Connection": "close"},
     )
+
+
+def _too_large(limit: int) -> Any:
+    problem = _too_large_problem(limit)
+    return problem_response(413, problem.error, str(problem.detail), problem.headers)
 
 
 def check_message(value: Any, what: str, limit: int) -> None:
