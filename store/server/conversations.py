@@ -150,7 +150,7 @@ async def replay(
     service: Service,
     last: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
     unanswered: Literal["synthesize", "drop"] = "synthesize",
-    system: Annotated[str | None, Query(max_length=100_000)] = None,
+    system: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> schemas.Replay:
     cid = scoped(caller, conversation_id)
     if system is not None:
