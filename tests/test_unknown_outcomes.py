@@ -23,7 +23,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from store import (
     AssistantMessage,
@@ -286,3 +288,25 @@ async def test_a_session_idle_inside_a_transaction_is_ended_by_the_server(
         finally:
             with contextlib.suppress(Exception):
                 await paused.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
+        asyncpg.exceptions.CrashShutdownError("terminating connection: crash of another"),
+        asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+        ConnectionRefusedError("connection refused"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_a_server_that_is_restarting_is_a_transient_failure(
+    pg_target: Target, error: Exception
+) -> None:
+    """Found by the soak: a store opened while PostgreSQL was starting up got a raw
+    DBAPIError. Each of these, bare or wrapped by SQLAlchemy, is retried and typed."""
+    async with await pg_target.open() as store:
+        wrapped = DBAPIError("SELECT 1", None, error)
+        for exc in (error, wrapped):
+            assert store.backend.failure(exc) is not None, exc

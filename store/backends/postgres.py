@@ -285,7 +285,11 @@ class PostgresBackend(Backend):
             asyncpg.PostgresConnectionError
             | asyncpg.InterfaceError
             | asyncpg.exceptions.InternalClientError
-            | asyncpg.exceptions.AdminShutdownError,
+            # the server is shutting down, crashed, or starting up (57P01..57P03), or full
+            | asyncpg.exceptions.AdminShutdownError
+            | asyncpg.exceptions.CrashShutdownError
+            | asyncpg.exceptions.CannotConnectNowError
+            | asyncpg.exceptions.TooManyConnectionsError,
         ):
             return True
         if isinstance(exc, ConnectionError | OSError):
