@@ -3,11 +3,14 @@
     python -m benchmarks [bench] --db URL [--systems raw,raw-locked,naive,agents-sdk]
         [--workers W --conversations C --steps S --tool-calls K --duration SECONDS
          --double-submit RATE --interrupt RATE --think-ms MS --preload N --seed N
-         --pool-size N --json FILE --chart FILE --sweep --in-process]
+         --pool-size N --json FILE --chart FILE --sweep --in-process --http]
 
 Every system runs in its own child process by default (its peak RSS is then its own);
 ``--in-process`` runs them all in this process (faster to start; the peak RSS of each then
 includes what earlier systems left in the process).
+``--http`` runs the same workload through the HTTP service too (``store-http``: ``python -m
+store serve`` in a process of its own, driven with httpx) beside the library in process
+(``store``), and prints the ratio of their steps/s.
 Exit status: 0 if every system ran, 1 if one failed, 2 for bad arguments.
 """
 
@@ -103,7 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every system in this process (peak RSS then includes what earlier systems "
         "left in it)",
     )
+    p.add_argument(
+        "--http",
+        action="store_true",
+        help="also run the workload through the HTTP service (store-http) beside the "
+        "in-process store, and print the ratio of their steps/s",
+    )
     return p
+
+
+def _register_http() -> None:
+    from .adapters.store_http import make_store_http
+
+    ADAPTERS.setdefault("store-http", make_store_http)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(args_in)
         systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+        _register_http()  # not in the default systems: it needs the server extra
+        if args.http:
+            systems += [name for name in ("store", "store-http") if name not in systems]
         unknown = [s for s in systems if s not in ADAPTERS]
         if unknown or not systems:
             parser.error(f"unknown system(s) {unknown}; registered: {', '.join(ADAPTERS)}")
@@ -143,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     from .report import print_report, write_json
 
     print_report(report, console)
+    main_results = report.main
+    if "store" in main_results and "store-http" in main_results:
+        local, http = main_results["store"], main_results["store-http"]
+        ratio = http.steps_per_s / local.steps_per_s if local.steps_per_s else 0.0
+        console.print(
+            f"HTTP service / in process: {http.steps_per_s:.0f} / {local.steps_per_s:.0f} "
+            f"steps/s = {ratio:.2f}x"
+        )
     if args.json:
         write_json(report, args.json)
         console.print(f"JSON: {args.json}")
