@@ -59,6 +59,12 @@ def make_agents_sdk(options: AdapterOptions) -> Adapter[Any]:
     return AgentsSdkAdapter(options)
 
 
+def make_agents_sdk_turnstore(options: AdapterOptions) -> Adapter[Any]:
+    from .agents_turnstore import AgentsTurnstoreAdapter
+
+    return AgentsTurnstoreAdapter(options)
+
+
 def make_store(options: AdapterOptions) -> Adapter[Any]:
     from .store_adapter import StoreAdapter
 
@@ -78,6 +84,7 @@ ADAPTERS: dict[str, AdapterFactory] = {
     "raw-locked": make_raw_locked,
     "naive": make_naive,
     "agents-sdk": make_agents_sdk,
+    "agents-sdk-turnstore": make_agents_sdk_turnstore,
 }
 
 

@@ -15,16 +15,15 @@ canonical parts that ``store.replay`` sends to every provider (text, images, Ope
 reasoning), and its first part carries, under ``"agents_items"``, an entry per item the row
 holds: the item with the values already in the parts taken out (``"from"`` says where each
 comes back from), and its place in its step (``"i"``). A call is kept whole in its tool row's
-``tool_call_data`` (``"agents_call"``). ``decode`` rebuilds each item and the codec checks,
-when it encodes an item, that it comes back equal; an item it would not give back exactly
-is kept whole instead. Items of rows that the session did not write (a turn begun with
-``Store.begin_turn``, a result closed as interrupted by a takeover) are made up from the
-row's canonical content.
+``tool_call_data`` (``"agents_call"``). ``restore`` rebuilds each item; the codec checks,
+when it encodes an item, that every value it moves into a part comes back from it exactly
+(a value that would not is left in the item). Items of rows that the session did not write
+(a turn begun with ``Store.begin_turn``, a result closed as interrupted by a takeover) are
+made up from the row's canonical content.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -72,13 +71,17 @@ def normalized(items: Sequence[Any], limits: Limits) -> list[Item]:
         if not isinstance(item, Mapping):
             raise InvalidMessage(f"item {index} is a {type(item).__name__}, not a JSON object")
         text = encode_json(dict(item), f"item {index}", limits)
-        out.append(json.loads(text))
+        out.append(json.loads(text))  # not orjson: it reads an integer past 64 bits as a float
     return out
 
 
 def same(one: Any, other: Any) -> bool:
-    """Equal as JSON values (``1`` and ``1.0`` apart, as a round trip keeps them)."""
-    return json.dumps(one, sort_keys=True) == json.dumps(other, sort_keys=True)
+    """Equal as JSON values (``1`` and ``1.0`` apart, as a round trip keeps them); False if
+    either is not JSON."""
+    try:
+        return json.dumps(one, sort_keys=True) == json.dumps(other, sort_keys=True)
+    except (TypeError, ValueError):
+        return False
 
 
 # --- moving values between items and parts ------------------------------------------------
@@ -90,10 +93,6 @@ def _get(item: Any, path: Path) -> Any:
     return item
 
 
-def _set(item: Any, path: Path, value: Any) -> None:
-    _get(item, path[:-1])[path[-1]] = value
-
-
 def _part_value(part: Mapping[str, Any], how: str) -> Any:
     if how == "data_url":
         return f"data:{part['mime_type']};base64,{part['data']}"
@@ -101,11 +100,22 @@ def _part_value(part: Mapping[str, Any], how: str) -> Any:
 
 
 def restore(entry: Mapping[str, Any], parts: Sequence[Mapping[str, Any]]) -> Item:
-    """The item an entry stands for, its moved values taken back from ``parts``."""
-    item: Item = copy.deepcopy(entry["item"])
+    """The item an entry stands for, its moved values taken back from ``parts``. The
+    containers on the way to a moved value are copied; the rest is the entry's own."""
+    item: Item = dict(entry["item"])
     for path, index, how in entry.get("from", ()):
-        _set(item, path, _part_value(parts[index], how))
+        _put(item, path, _part_value(parts[index], how))
     return item
+
+
+def _put(item: Any, path: Path, value: Any) -> None:
+    """Set ``value`` at ``path`` in ``item`` (a fresh top-level dict), copying each
+    container below it on the way, so that the entry it came from is left as it was."""
+    for key in path[:-1]:
+        inner = item[key]
+        item[key] = inner = list(inner) if isinstance(inner, list) else dict(inner)
+        item = inner
+    item[path[-1]] = value
 
 
 Moves = list[tuple[Path, int, str]]  # (where in the item, which part, which of its values)
@@ -195,9 +205,15 @@ def _reasoning(item: Item) -> tuple[list[Part], Moves]:
 
 
 def _reduced(item: Item, moves: Moves) -> Item:
-    out = copy.deepcopy(item)
+    """``item`` without its moved values (the containers on their way copied)."""
+    out: Item = dict(item)
     for path, _, _ in moves:
-        del _get(out, path[:-1])[path[-1]]
+        holder: Any = out
+        for key in path[:-1]:
+            inner = holder[key]
+            holder[key] = inner = list(inner) if isinstance(inner, list) else dict(inner)
+            holder = inner
+        del holder[path[-1]]
     return out
 
 
@@ -211,15 +227,14 @@ class RowContent:
 
     def add(self, item: Item, order: int | None) -> None:
         parts, moves = canonical(self.role, item)
+        if not all(_part_value(parts[i], how) == _get(item, path) for path, i, how in moves):
+            parts, moves = [], []  # a value the parts would not give back: keep it whole
         base = len(self._parts)
-        entry: dict[str, Any] = {"item": _reduced(item, moves)}
+        entry: dict[str, Any] = {"item": _reduced(item, moves) if moves else item}
         if moves:
             entry["from"] = [[path, base + index, how] for path, index, how in moves]
         if order is not None:
             entry["i"] = order
-        if not same(restore(entry, [*self._parts, *parts]), item):
-            entry = {"item": item} if order is None else {"item": item, "i": order}
-            parts = []
         self._parts.extend(parts)
         self.entries.append(entry)
 
@@ -345,7 +360,7 @@ def call_item(
 ) -> tuple[Item, int | None]:
     entry = data.get(CALL_KEY) if isinstance(data, Mapping) else None
     if isinstance(entry, Mapping):
-        return copy.deepcopy(entry["item"]), entry.get("i")
+        return dict(entry["item"]), entry.get("i")
     made: Item = {
         "type": "function_call",
         "call_id": call_id,

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 try:
     from agents.items import ItemHelpers, TResponseInputItem
@@ -80,6 +81,11 @@ log = logging.getLogger("turnstore")
 T = TypeVar("T")
 
 __all__ = ["SessionTurn", "TurnstoreSession"]
+
+#: How long a claim waits before it looks for a call of the session's own waiting for its
+#: output (which a new input abandons), and then between looks: a claim behind another
+#: run is usually answered sooner, and reads nothing more.
+_WAITING_CHECK_SECONDS = (1.0, 5.0)
 
 #: The run a task is in (``session.turn(...)``): its writes go to that turn.
 _ACTIVE: ContextVar[SessionTurn | None] = ContextVar("turnstore_session_turn", default=None)
@@ -133,19 +139,24 @@ _LOOPS_LOCK = threading.Lock()
 async def _finish_mutation(work: Coroutine[Any, Any, T]) -> T:
     """Run ``work`` to its end even if the caller is cancelled meanwhile (the SDK's own
     sessions do the same): the caller then gets its cancellation, after the write's outcome
-    is settled, never a write cut in half."""
+    is settled, never a write cut in half. An anyio cancel scope's cancellation waits
+    behind a shield (delivered when the write is done); a native ``Task.cancel()``, which
+    no shield stops, is caught and raised again once the write is done."""
     task = asyncio.ensure_future(work)
     cancelled: BaseException | None = None
     while not task.done():
         try:
-            await asyncio.wait({task})
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({task})
         except asyncio.CancelledError as exc:
             cancelled = cancelled or exc
     if cancelled is not None:
         if not task.cancelled():
             task.exception()  # retrieved: the cancellation is what the caller gets
         raise cancelled
-    return task.result()
+    result = task.result()
+    await anyio.lowlevel.checkpoint_if_cancelled()  # a scope cancelled meanwhile: now
+    return result
 
 
 async def _close_quietly(store: Store) -> None:
@@ -400,19 +411,34 @@ class TurnstoreSession:
         (cancelled) or failed (an exception), a call still waiting for its output closed as
         interrupted."""
         store, content, items = await self._prepare(input)
-        async with store.turn(
-            self.session_id,
-            content,
-            idempotency_key=idempotency_key,
-            on_busy=on_busy,
-            timeout=timeout,
-        ) as handle:
-            run = SessionTurn(self, store, handle, input, items)
-            try:
-                yield run
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await run._leave()
+        handle = await self._claim(store, content, idempotency_key, on_busy, timeout)
+        run = SessionTurn(self, store, handle, input, items)
+        if handle.duplicate:
+            yield run
+            return
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as keepalive:
+                keepalive.start_soon(handle.keep_alive)
+                try:
+                    yield run
+                except Exception as exc:  # re-raised below, once the turn has ended
+                    error = exc
+                finally:
+                    keepalive.cancel_scope.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await run._leave()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await handle.end_quietly("interrupted", "cancelled")
+            raise
+        with anyio.CancelScope(shield=True):
+            if error is not None:
+                await handle.end_quietly("failed", f"{type(error).__name__}: {error}")
+            elif handle.status == "running":
+                await handle.finish()
+        if error is not None:
+            raise error
 
     async def begin_turn(
         self,
@@ -427,13 +453,7 @@ class TurnstoreSession:
         lease between writes (each write does): ``turn()`` does, for runs whose model or
         tool calls may outlast ``StoreConfig.lease_seconds``."""
         store, content, items = await self._prepare(input)
-        handle = await store.begin_turn(
-            self.session_id,
-            content,
-            idempotency_key=idempotency_key,
-            on_busy=on_busy,
-            timeout=timeout,
-        )
+        handle = await self._claim(store, content, idempotency_key, on_busy, timeout)
         return SessionTurn(self, store, handle, input, items)
 
     # --- internals --------------------------------------------------------------------------
@@ -448,24 +468,70 @@ class TurnstoreSession:
         self, input: str | list[TResponseInputItem]
     ) -> tuple[Store, list[dict[str, Any]], list[Item]]:
         """The store, the turn's user message (the input's items, as the Runner writes
-        them), and those items. A call waiting for its output in an implicit turn is
-        abandoned by the new input (closed as interrupted), as by any user message."""
+        them), and those items."""
         self._check_open()
         store = await self.get_store()
         items = normalized(_input_items(input), store.limits)
         if not items:
             raise InvalidMessage("a turn needs input: give a message or a list of items")
-        if await agents_log.implicit_waiting(store, self.session_id):
-            await _finish_mutation(self._mutate("abandon", agents_log.abandon))
         return store, content_of("user", [(item, None) for item in items]), items
+
+    async def _claim(
+        self,
+        store: Store,
+        content: list[dict[str, Any]],
+        idempotency_key: str | None,
+        on_busy: OnBusy,
+        timeout: float | None,
+    ) -> Turn:
+        """``store.begin_turn``. A new input abandons a call of the session's own turns
+        still waiting for its output (closed as interrupted), as any user message does: a
+        claim that has to wait looks for one (the abandon hands the conversation over to
+        it), one that does not wait reads nothing more."""
+        if on_busy == "fail":
+            if await agents_log.implicit_waiting(store, self.session_id):
+                await _finish_mutation(self._mutate("abandon", agents_log.abandon))
+            return await store.begin_turn(
+                self.session_id, content, idempotency_key=idempotency_key, on_busy="fail"
+            )
+
+        async def abandon_waiting_calls() -> None:
+            _, then = _WAITING_CHECK_SECONDS
+            while True:
+                if await agents_log.implicit_waiting(store, self.session_id):
+                    await _finish_mutation(self._mutate("abandon", agents_log.abandon))
+                    return
+                await asyncio.sleep(then)
+
+        # The look starts only if the claim is still waiting after the first delay: a
+        # claim answered sooner (nearly all) costs one timer.
+        loop = asyncio.get_running_loop()
+        watcher: list[asyncio.Task[None]] = []
+        timer = loop.call_later(
+            _WAITING_CHECK_SECONDS[0],
+            lambda: watcher.append(loop.create_task(abandon_waiting_calls())),
+        )
+        try:
+            return await store.begin_turn(
+                self.session_id,
+                content,
+                idempotency_key=idempotency_key,
+                on_busy=on_busy,
+                timeout=timeout,
+            )
+        finally:
+            timer.cancel()
+            for task in watcher:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _add(self, items: Sequence[Any]) -> None:
         store = await self.get_store()
-        batch = normalized(items, store.limits)
         run = self._active()
         if run is not None and not run.duplicate:
-            await run._add(batch)
+            await run._add(items)
             return
+        batch = normalized(items, store.limits)
         digest = hashlib.sha256(json.dumps(batch, sort_keys=True).encode()).hexdigest()
 
         def write(write_id: str) -> Awaitable[agents_log.Outcome]:
@@ -655,13 +721,15 @@ class SessionTurn:
         self.handle.steps = max(self.handle.steps, done.steps)
         self.awaiting_input = False
 
-    async def _add(self, batch: list[Item]) -> None:
+    async def _add(self, items: Sequence[Any]) -> None:
         if self.awaiting_input:
             self.awaiting_input = False
-            if same(batch, self.input_items):
+            if same(list(items), self.input_items):
                 return  # the turn's user message: written when the turn began
-        if self._fast and not self._waiting:
-            draft = agents_log.single_step(batch)
+        if self._fast and not self._waiting and all(type(i) is dict for i in items):
+            # One complete step, as the Runner writes them: the turn's own write, which
+            # checks and encodes the items as it stores them (encode_step)
+            draft = agents_log.single_step(items)
             if draft is not None:
                 for call in draft.calls:
                     call.stored_id = call.sdk_id
@@ -673,6 +741,7 @@ class SessionTurn:
                     # or bad input: the general path makes ids unique, or refuses
                     pass
         session = self._session
+        batch = normalized(items, self._store.limits)
         digest = hashlib.sha256(json.dumps(batch, sort_keys=True).encode()).hexdigest()
 
         def write(write_id: str) -> Awaitable[agents_log.Outcome]:

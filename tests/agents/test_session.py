@@ -427,3 +427,37 @@ async def test_a_write_repeated_with_its_id_is_answered_not_applied_twice(
         said("last", "m_last")
     ] * 2
     assert await session.get_items() == batch
+
+
+async def test_a_new_turn_abandons_a_call_of_a_plain_run_waiting_for_approval(
+    sessions: MakeSession,
+) -> None:
+    """A plain run left a call waiting for approval (its turn holds the conversation): a
+    run begun with ``session.turn`` is new input, which abandons it, as a user message does;
+    its claim, waiting behind that turn, finds it and closes the call as interrupted."""
+    session = sessions()
+    await session.add_items([user("delete /tmp/x"), call("c1", "delete")])
+    with anyio.fail_after(30):
+        async with session.turn("something else", idempotency_key="k") as run:
+            assert not run.duplicate
+    interrupted = {"type": "function_call_output", "call_id": "c1", "output": INTERRUPTED}
+    assert await session.get_items() == [
+        user("delete /tmp/x"),
+        call("c1", "delete"),
+        interrupted,
+        {"content": "something else", "role": "user"},
+    ]
+    await _clean(session)
+
+
+async def test_a_write_in_a_cancelled_scope_completes_before_the_scope_exits(
+    sessions: MakeSession,
+) -> None:
+    """anyio's cancellation waits behind the write (no busy re-delivery), then arrives."""
+    session = sessions()
+    batch = [user("go"), *step("c1")]
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await session.add_items(batch)
+    assert scope.cancelled_caught
+    assert await session.get_items() == batch
