@@ -33,6 +33,7 @@ ALLOWED = {
     "raw": {"duplicate_user_messages"},
     "raw-locked": {"duplicate_user_messages"},
     "agents-sdk": {"duplicate_user_messages"},
+    "agents-sdk-turnstore": set(),
     "naive": set(KINDS) - {"lost_steps", "duplicated_steps", "position_gaps"},
 }
 
@@ -52,7 +53,7 @@ def assert_sane(r: SystemResult, params: WorkloadParams) -> None:
     # a system with idempotent submits runs one copy of a double-submitted turn; the others
     # run both, and the steps of the lesser copy do not count as unique
     twice = r.counts["steps done twice"]
-    if r.name.startswith("store"):
+    if r.name.startswith("store") or r.name == "agents-sdk-turnstore":
         assert twice == 0 and r.unique_steps_per_s == r.steps_per_s
     elif r.name in ("raw", "raw-locked") and params.double_submit:
         assert twice > 0 and r.unique_steps_per_s < r.steps_per_s
@@ -60,7 +61,16 @@ def assert_sane(r: SystemResult, params: WorkloadParams) -> None:
 
 
 @pytest.mark.parametrize(
-    "system", ["store", "store-end-apart", "raw", "raw-locked", "naive", "agents-sdk"]
+    "system",
+    [
+        "store",
+        "store-end-apart",
+        "raw",
+        "raw-locked",
+        "naive",
+        "agents-sdk",
+        "agents-sdk-turnstore",
+    ],
 )
 async def test_smoke_postgres(system: str, pg_url: str, bench_schemas: SchemaLister) -> None:
     run_id = f"t{os.getpid()}"
@@ -70,7 +80,9 @@ async def test_smoke_postgres(system: str, pg_url: str, bench_schemas: SchemaLis
     assert await bench_schemas(run_id) == []  # dropped at the end
 
 
-@pytest.mark.parametrize("system", ["store", "store-end-apart", "raw", "raw-locked", "naive"])
+@pytest.mark.parametrize(
+    "system", ["store", "store-end-apart", "raw", "raw-locked", "naive", "agents-sdk-turnstore"]
+)
 async def test_smoke_sqlite(system: str, sqlite_url: str) -> None:
     r = await run_system(system, ADAPTERS[system], sqlite_url, STORM, "t1")
     assert_sane(r, STORM)
@@ -79,7 +91,9 @@ async def test_smoke_sqlite(system: str, sqlite_url: str) -> None:
     assert list(Path(folder).parent.iterdir()) == []  # its database files were removed
 
 
-@pytest.mark.parametrize("system", ["store", "raw-locked", "raw", "agents-sdk"])
+@pytest.mark.parametrize(
+    "system", ["store", "raw-locked", "raw", "agents-sdk", "agents-sdk-turnstore"]
+)
 async def test_no_violation_without_double_submits_or_interrupts(system: str, pg_url: str) -> None:
     """Turns still race on the 4 conversations (8 workers), but each of these systems writes
     a step in one transaction, so the checker must find nothing at all."""
@@ -89,7 +103,9 @@ async def test_no_violation_without_double_submits_or_interrupts(system: str, pg
     assert r.counts["rows checked"] > 0
 
 
-@pytest.mark.parametrize("system", ["store", "raw", "raw-locked", "naive", "agents-sdk"])
+@pytest.mark.parametrize(
+    "system", ["store", "raw", "raw-locked", "naive", "agents-sdk", "agents-sdk-turnstore"]
+)
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 async def test_preload_is_stored_and_checked(
     system: str, backend: str, pg_url: str, sqlite_url: str
