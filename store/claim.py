@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ from .turn import Turn, TurnOutcome
 
 if TYPE_CHECKING:
     from .store import Store
+
+log = logging.getLogger("turnstore")
 
 OnBusy = Literal["wait", "fail"]
 
@@ -153,9 +156,7 @@ async def begin_turn(
                     )
                     f.duplicate = _as_duplicate(decision)
             if isinstance(decision, Queued):
-                decision = await _wait_in_queue(
-                    store, submit, decision.turn_id, started + timeout
-                )
+                decision = await _wait_in_queue(store, submit, decision.turn_id, started + timeout)
     except StoreUnavailable as exc:
         # The submit may stand in the database (claimed by an attempt whose reply was lost,
         # or waiting in line): the same submit again goes on with the same turn id, and is
@@ -520,13 +521,30 @@ async def recover_expired(store: Store, tx: Tx, conversation_id: str) -> list[st
         payload = await tx.scalar("staged_step", turn_id=row.id, step=step)
         if payload is not None:
             staged = json.loads(payload) if isinstance(payload, str) else payload
-            message = AssistantMessage(
-                staged["content"],
-                tuple(
-                    ToolCall(c["id"], c["name"], c["arguments"], c["provider_data"])
-                    for c in staged["calls"]
-                ),
-            )
+            # A call whose id the conversation already used cannot be committed (checkpoints
+            # refuse such calls; a step staged before they did may hold one): it is left out,
+            # and said, rather than refuse every later turn of the conversation.
+            calls = []
+            for c in staged["calls"]:
+                used = await tx.scalar(
+                    "call_id_used", conversation_id=conversation_id, call_id=c["id"]
+                )
+                if used is not None:
+                    log.warning(
+                        "conversation %r: turn %s's checkpointed call %r reuses a call id "
+                        "of the conversation; it is left out of the recovered step",
+                        conversation_id,
+                        row.id,
+                        c["id"],
+                    )
+                    continue
+                calls.append(ToolCall(c["id"], c["name"], c["arguments"], c["provider_data"]))
+            kept = {c.id for c in calls}
+            staged["results"] = [r for r in staged["results"] if r["call_id"] in kept]
+            if not calls and not staged["content"]:
+                await tx.run("drop_staged_steps", turn_id=row.id)
+                continue
+            message = AssistantMessage(staged["content"], tuple(calls))
             answered = {r["call_id"] for r in staged["results"]}
             results = [
                 ToolResult(r["call_id"], r["content"], r["is_error"]) for r in staged["results"]

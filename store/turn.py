@@ -163,9 +163,13 @@ class Turn:
         self._check_writable()
         await self._renew()
 
-    async def _renew(self, staged_payload: str | None = None) -> None:
+    async def _renew(
+        self, staged_payload: str | None = None, staged_call_ids: Sequence[str] = ()
+    ) -> None:
         """Extend the lease if this turn still holds it and, with ``staged_payload``,
-        checkpoint the step in progress in the same transaction."""
+        checkpoint the step in progress in the same transaction. A staged call whose id the
+        conversation already used is refused (``InvalidMessage``), nothing staged: the
+        turn that took over after a crash could never commit it."""
         store = self._store
 
         async def renew(tx: Tx) -> str | None:
@@ -177,6 +181,16 @@ class Turn:
                 lease_seconds=store.config.lease_seconds,
             ):
                 if staged_payload is not None:
+                    reused = [
+                        call_id
+                        for call_id in staged_call_ids
+                        if await tx.scalar(
+                            "call_id_used", conversation_id=self.conversation_id, call_id=call_id
+                        )
+                        is not None
+                    ]
+                    if reused:
+                        return "reused:" + ",".join(reused)
                     await tx.run(
                         "stage_step",
                         turn_id=self.id,
@@ -191,6 +205,13 @@ class Turn:
 
         with anyio.CancelScope(shield=True):
             refused = await self._run_write(attempt, None)
+        if refused is not None and refused.startswith("reused:"):
+            which = ", ".join(repr(c) for c in refused.partition(":")[2].split(","))
+            raise InvalidMessage(
+                f"tool call id {which} is already used in conversation "
+                f"{self.conversation_id!r}; nothing was checkpointed (call ids must be unique "
+                "per conversation)"
+            )
         if refused is not None:
             self._raise_not_running(refused.partition(":")[0])
 
@@ -534,7 +555,7 @@ class StepBuffer:
         async with _held(turn._write_lock):
             turn._check_writable()
             await turn._settle()  # the staged step's number depends on what landed
-            await turn._renew(payload)
+            await turn._renew(payload, [c.id for c in self.calls])
             turn._staged = self
 
     def closed(self, reason: str) -> tuple[AssistantMessage, list[ToolResult]]:

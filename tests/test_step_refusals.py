@@ -4,12 +4,16 @@ block exits, unanswered calls closed as interrupted, and the turn ends failed.""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import anyio
 import pytest
 
-from store import InvalidMessage, Store
+from store import InvalidMessage, Store, StoreConfig
 from store.messages import INTERRUPTED
 
+from .conftest import OpenStore
 from .helpers import assert_clean
 
 
@@ -103,4 +107,64 @@ async def test_ending_a_turn_commits_its_checkpointed_step(store: Store, how: st
         ("tool", "b", True, INTERRUPTED),
     ]
     assert rows[4:] == ([("assistant", None, False, "done")] if how == "finish_with_final" else [])
+    await assert_clean(store)
+
+
+async def test_a_checkpoint_with_a_reused_call_id_is_refused(store: Store) -> None:
+    """Found by the HTTP service's tests: a staged call reusing an id of the conversation
+    could never be committed by the turn that takes over after a crash, which then failed
+    every later submit. The checkpoint refuses it, naming the id, and stages nothing."""
+    first = await store.begin_turn("c", "one")
+    async with first.step() as step:
+        step.tool_call("call_1", "insertHtml", {})
+        step.tool_result("call_1", "ok")
+    await first.finish()
+    turn = await store.begin_turn("c", "two")
+    step = turn.step()
+    step.tool_call("call_1", "insertHtml", {})  # reused from the first turn
+    step.tool_result("call_1", "ok")
+    with pytest.raises(InvalidMessage, match="'call_1' is already used"):
+        await step.checkpoint()
+    await turn.fail("gave up")
+    await assert_clean(store)
+
+
+async def test_a_staged_step_with_a_reused_call_id_does_not_brick_the_conversation(
+    open_store: OpenStore,
+) -> None:
+    """A step staged before checkpoints refused reused ids: the turn that takes over leaves
+    that call out (and logs it) instead of failing every later submit."""
+    store = await open_store(config=StoreConfig(lease_seconds=0.3, poll_max_seconds=0.02))
+    first = await store.begin_turn("c", "one")
+    async with first.step() as step:
+        step.tool_call("call_1", "insertHtml", {})
+        step.tool_result("call_1", "ok")
+    await first.finish()
+    turn = await store.begin_turn("c", "two")
+    payload = json.dumps(
+        {
+            "content": [{"type": "text", "text": "again"}],
+            "calls": [
+                {"id": "call_1", "name": "insertHtml", "arguments": {}, "provider_data": None},
+                {"id": "call_2", "name": "insertHtml", "arguments": {}, "provider_data": None},
+            ],
+            "results": [
+                {"call_id": "call_1", "content": "dup", "is_error": False},
+                {"call_id": "call_2", "content": "ok 2", "is_error": False},
+            ],
+        }
+    )
+
+    async def stage(tx: Any) -> None:  # as an older version staged it, unchecked
+        await tx.run("stage_step", turn_id=turn.id, step=1, payload=payload)
+
+    await store.backend.transaction("c", stage)
+    await anyio.sleep(0.5)  # the lease runs out: the owner is gone
+    with anyio.fail_after(10):
+        successor = await store.begin_turn("c", "three")
+    await successor.finish()
+    history = await store.history("c")
+    recovered = [(m.role, m.tool_call_id, m.text) for m in history if m.turn_id == turn.id]
+    assert recovered == [("user", None, "two"), ("assistant", None, "again"),
+                         ("tool", "call_2", "ok 2")]  # fmt: skip
     await assert_clean(store)
