@@ -43,7 +43,10 @@ from .messages import (
 )
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
     from .store import Store
+    from .usage import UsageRecord
 
 log = logging.getLogger("turnstore")
 T = TypeVar("T")
@@ -214,6 +217,33 @@ class Turn:
             )
         if refused is not None:
             self._raise_not_running(refused.partition(":")[0])
+
+    async def record_usage(
+        self,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_creation_tokens: int = 0,
+        cost_usd: Decimal | float | int | str | None = None,
+        step: int | None = None,
+        model: str | None = None,
+        usage_id: str | None = None,
+    ) -> UsageRecord:
+        """Record what a model call of this turn cost (tokens, and the cost in US dollars):
+        ``Store.record_usage`` for this turn. Append-only; ``usage_id`` makes a retry
+        exact."""
+        return await self._store.record_usage(
+            self,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_creation_tokens=cache_creation_tokens,
+            cost_usd=cost_usd,
+            step=step,
+            model=model,
+            usage_id=usage_id,
+        )
 
     async def wait(self, timeout: float | None = None) -> TurnOutcome:
         """Wait until the turn has ended (for a duplicate: the first submit's turn) and

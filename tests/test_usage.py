@@ -81,3 +81,13 @@ async def test_usage_is_append_only_and_leaves_with_its_conversation(
     await store.delete_conversation("c")
     total, by_turn = await store.conversation_usage("c")
     assert total.reports == 0 and by_turn == {}
+
+
+async def test_a_turn_records_its_own_usage(store: Store) -> None:
+    turn = await store.begin_turn("c", "one")
+    first = await turn.record_usage(prompt_tokens=12, completion_tokens=3, usage_id="u1")
+    again = await turn.record_usage(prompt_tokens=12, completion_tokens=3, usage_id="u1")
+    assert again.duplicate and again.seq == first.seq  # a retry, answered exactly
+    await turn.finish("done")
+    total, _ = await store.conversation_usage("c")
+    assert (total.reports, total.prompt_tokens, total.completion_tokens) == (1, 12, 3)
