@@ -37,11 +37,11 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -157,6 +157,42 @@ async def _finish_mutation(work: Coroutine[Any, Any, T]) -> T:
     result = task.result()
     await anyio.lowlevel.checkpoint_if_cancelled()  # a scope cancelled meanwhile: now
     return result
+
+
+async def _claim_or_cancel(
+    claim: Callable[[], Awaitable[Turn]], interrupt: Callable[[Turn], Awaitable[None]]
+) -> Turn:
+    """Run ``claim`` in a task of its own. A cancellation of the caller, native
+    (``Task.cancel()``) or anyio's, cancels the claim the anyio way — the store's shields
+    hold, a submit waiting in line leaves it — and is raised once the claim is over; a turn
+    the claim started all the same is ended with ``interrupt``, not left to its lease."""
+    scope = anyio.CancelScope()
+
+    async def claiming() -> Turn | None:
+        with scope:
+            return await claim()
+        return None
+
+    task = asyncio.ensure_future(claiming())
+    cancelled: BaseException | None = None
+    while not task.done():
+        try:
+            if cancelled is None:
+                await asyncio.wait({task})
+            else:  # the claim was told: wait for it behind a shield
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait({task})
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+            scope.cancel()
+    if cancelled is None:
+        handle = task.result()
+        assert handle is not None
+        return handle
+    handle = None if task.cancelled() or task.exception() else task.result()
+    if handle is not None and not handle.duplicate and handle.status == "running":
+        await _finish_mutation(interrupt(handle))
+    raise cancelled
 
 
 async def _close_quietly(store: Store) -> None:
@@ -426,19 +462,16 @@ class TurnstoreSession:
                     error = exc
                 finally:
                     keepalive.cancel_scope.cancel()
-                    with anyio.CancelScope(shield=True):
-                        await run._leave()
+                    run._unroute()
+                    await _finish_mutation(run._leave())
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await handle.end_quietly("interrupted", "cancelled")
+            await _finish_mutation(handle.end_quietly("interrupted", "cancelled"))
             raise
-        with anyio.CancelScope(shield=True):
-            if error is not None:
-                await handle.end_quietly("failed", f"{type(error).__name__}: {error}")
-            elif handle.status == "running":
-                await handle.finish()
         if error is not None:
+            await _finish_mutation(handle.end_quietly("failed", f"{type(error).__name__}: {error}"))
             raise error
+        if handle.status == "running":
+            await _finish_mutation(handle.finish())
 
     async def begin_turn(
         self,
@@ -488,12 +521,8 @@ class TurnstoreSession:
         still waiting for its output (closed as interrupted), as any user message does: a
         claim that has to wait looks for one (the abandon hands the conversation over to
         it), one that does not wait reads nothing more."""
-        if on_busy == "fail":
-            if await agents_log.implicit_waiting(store, self.session_id):
-                await _finish_mutation(self._mutate("abandon", agents_log.abandon))
-            return await store.begin_turn(
-                self.session_id, content, idempotency_key=idempotency_key, on_busy="fail"
-            )
+        if on_busy == "fail" and await agents_log.implicit_waiting(store, self.session_id):
+            await _finish_mutation(self._mutate("abandon", agents_log.abandon))
 
         async def abandon_waiting_calls() -> None:
             _, then = _WAITING_CHECK_SECONDS
@@ -503,27 +532,37 @@ class TurnstoreSession:
                     return
                 await asyncio.sleep(then)
 
-        # The look starts only if the claim is still waiting after the first delay: a
-        # claim answered sooner (nearly all) costs one timer.
-        loop = asyncio.get_running_loop()
-        watcher: list[asyncio.Task[None]] = []
-        timer = loop.call_later(
-            _WAITING_CHECK_SECONDS[0],
-            lambda: watcher.append(loop.create_task(abandon_waiting_calls())),
-        )
-        try:
-            return await store.begin_turn(
-                self.session_id,
-                content,
-                idempotency_key=idempotency_key,
-                on_busy=on_busy,
-                timeout=timeout,
+        async def claim() -> Turn:
+            if on_busy == "fail":
+                return await store.begin_turn(
+                    self.session_id, content, idempotency_key=idempotency_key, on_busy="fail"
+                )
+            # The look starts only if the claim is still waiting after the first delay: a
+            # claim answered sooner (nearly all) costs one timer.
+            loop = asyncio.get_running_loop()
+            watcher: list[asyncio.Task[None]] = []
+            timer = loop.call_later(
+                _WAITING_CHECK_SECONDS[0],
+                lambda: watcher.append(loop.create_task(abandon_waiting_calls())),
             )
-        finally:
-            timer.cancel()
-            for task in watcher:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            try:
+                return await store.begin_turn(
+                    self.session_id,
+                    content,
+                    idempotency_key=idempotency_key,
+                    on_busy=on_busy,
+                    timeout=timeout,
+                )
+            finally:
+                timer.cancel()
+                for task in watcher:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+        async def interrupt(handle: Turn) -> None:
+            await handle.end_quietly("interrupted", "cancelled while it began")
+
+        return await _claim_or_cancel(claim, interrupt)
 
     async def _add(self, items: Sequence[Any]) -> None:
         store = await self.get_store()
@@ -670,32 +709,44 @@ class SessionTurn:
         return await agents_log.turn_items(self._store, self.session_id, self.turn_id)
 
     async def finish(self) -> None:
-        """End the run (after ``begin_turn``): finished."""
-        await self._leave()
-        if self.handle.status == "running":
-            await self.handle.finish()
+        """End the run (after ``begin_turn``): finished. Like every end, it completes even
+        if the caller is cancelled meanwhile."""
+        self._unroute()
+        await _finish_mutation(self._end(None, None))
 
     async def interrupt(self, reason: str = "interrupted") -> None:
-        await self._leave()
-        if self.handle.status == "running":
-            await self.handle.end_quietly("interrupted", reason)
+        self._unroute()
+        await _finish_mutation(self._end("interrupted", reason))
 
     async def fail(self, reason: str) -> None:
-        await self._leave()
-        if self.handle.status == "running":
-            await self.handle.end_quietly("failed", reason)
+        self._unroute()
+        await _finish_mutation(self._end("failed", reason))
 
-    async def _leave(self) -> None:
-        """Stop routing the task's writes here; close a call still waiting as interrupted."""
+    async def _end(
+        self, status: Literal["interrupted", "failed"] | None, reason: str | None
+    ) -> None:
+        await self._leave()
+        if self.handle.status != "running":
+            return
+        if status is None:
+            await self.handle.finish()
+        else:
+            await self.handle.end_quietly(status, reason or status)
+
+    def _unroute(self) -> None:
+        """Stop routing the task's writes here (in the caller's own context: a write run
+        in a task of its own would change only that task's)."""
         token, self._token = self._token, None
         if token is not None and _ACTIVE.get() is self:
             try:
                 _ACTIVE.reset(token)
             except ValueError:  # ended from another context than the one it began in
                 _ACTIVE.set(None)
+
+    async def _leave(self) -> None:
+        """Close a call still waiting for its output as interrupted."""
         if self._waiting and self.handle.status == "running":
-            with anyio.CancelScope(shield=True):
-                await self._abandon()
+            await self._abandon()
 
     async def _abandon(self) -> None:
         session = self._session

@@ -326,3 +326,39 @@ async def test_plain_concurrent_runs_interleave_but_every_write_stays_paired(
     items = await session.get_items()
     assert len(items) == 4 * 7
     await _assert_clean(session)
+
+
+async def test_a_run_cancelled_while_it_waits_in_line_leaves_nothing_holding_the_conversation(
+    sessions: MakeSession,
+) -> None:
+    """``Task.cancel()``, as a client going away does, on a run waiting for its turn (or
+    just given it): the next run starts as soon as the first ends, not after a lease."""
+    session = sessions()
+    model = ScriptedModel()
+    release = anyio.Event()
+    waiting: list[asyncio.Task[None]] = []
+
+    async def first() -> None:
+        async with session.turn("first", idempotency_key="first"):
+            await release.wait()
+
+    async def second() -> None:
+        async with session.turn("second", idempotency_key="second") as run:
+            await Runner.run(_agent(model), run.input, session=session)
+
+    holder = asyncio.ensure_future(first())
+    await anyio.sleep(0.05)
+    for _ in range(3):  # cancelled at different points: queued, or handed the turn
+        task = asyncio.ensure_future(second())
+        waiting.append(task)
+        await anyio.sleep(0.02)
+        task.cancel()
+    release.set()
+    await holder
+    await asyncio.gather(*waiting, return_exceptions=True)
+    model.enqueue([assistant_message("third")])
+    with anyio.fail_after(10):  # a turn left running would hold it for the lease (30 s)
+        async with session.turn("third", idempotency_key="third") as run:
+            result = await Runner.run(_agent(model), run.input, session=session)
+    assert result.final_output == "third"
+    await _assert_clean(session)
