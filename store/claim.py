@@ -17,16 +17,18 @@ oldest live waiter and the conversation is free, refreshing its own lease meanwh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from . import telemetry
 from .backends.base import ClaimRequest, ClaimRow, StepWrite, TurnEnd, Tx
 from .errors import (
     ConversationBusy,
@@ -131,6 +133,23 @@ async def begin_turn(
     )
     timeout = store.config.busy_timeout if timeout is None else timeout
     started = anyio.current_time()
+    with telemetry.span("begin_turn", conversation_id) as span:
+        turn = await _begin(store, submit, on_busy, timeout, started)
+        if span.is_recording():
+            span.set_attribute("turnstore.turn_id", turn.id)
+            span.set_attribute("turnstore.outcome", "duplicate" if turn.duplicate else "claimed")
+            span.set_attribute("turnstore.wait_seconds", anyio.current_time() - started)
+    if turn.duplicate:
+        telemetry.duplicate_submits.add(1)
+    else:
+        telemetry.turns.add(1)
+    return turn
+
+
+async def _begin(
+    store: Store, submit: Submit, on_busy: OnBusy, timeout: float, started: float
+) -> Turn:
+    conversation_id, idempotency_key = submit.conversation_id, submit.idempotency_key
 
     decision: Decision | None = None
     if idempotency_key is not None:
@@ -419,7 +438,8 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
     it ends in this process), or finds it free at a poll, or the deadline passes."""
     cid = submit.conversation_id
     delay = store.config.poll_min_seconds
-    with store.wakeups.queued(cid, turn_id) as waiter:
+    telemetry.queued_submits.add(1)
+    with store.wakeups.queued(cid, turn_id) as waiter, _counted_out():
         try:
             while waiter.handed is None:
                 remaining = deadline - anyio.current_time()
@@ -483,6 +503,14 @@ async def _give_up(
     return started
 
 
+@contextlib.contextmanager
+def _counted_out() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        telemetry.queued_submits.add(-1)
+
+
 def _turn(store: Store, conversation_id: str, claimed: Claimed) -> Turn:
     return Turn(
         store,
@@ -517,37 +545,41 @@ async def recover_expired(store: Store, tx: Tx, conversation_id: str) -> list[st
         if row.status != "expired":
             continue  # a queued waiter that vanished: nothing to recover
         taken.append(row.id)
-        step = row.steps + 1
-        payload = await tx.scalar("staged_step", turn_id=row.id, step=step)
-        if payload is not None:
-            staged = json.loads(payload) if isinstance(payload, str) else payload
-            # A call whose id the conversation already used cannot be committed (checkpoints
-            # refuse such calls; a step staged before they did may hold one): it is left out,
-            # and said, rather than refuse every later turn of the conversation.
-            calls = []
-            for c in staged["calls"]:
-                used = await tx.scalar(
-                    "call_id_used", conversation_id=conversation_id, call_id=c["id"]
+        telemetry.takeovers.add(1)
+        with telemetry.span("takeover", conversation_id, row.id):
+            await _recover(store, tx, conversation_id, row)
+    return taken
+
+
+async def _recover(store: Store, tx: Tx, conversation_id: str, row: Any) -> None:
+    """Commit what an expired turn had checkpointed, unanswered calls interrupted."""
+    step = row.steps + 1
+    payload = await tx.scalar("staged_step", turn_id=row.id, step=step)
+    if payload is not None:
+        staged = json.loads(payload) if isinstance(payload, str) else payload
+        # A call whose id the conversation already used cannot be committed (checkpoints
+        # refuse such calls; a step staged before they did may hold one): it is left out,
+        # and said, rather than refuse every later turn of the conversation.
+        calls = []
+        for c in staged["calls"]:
+            used = await tx.scalar("call_id_used", conversation_id=conversation_id, call_id=c["id"])
+            if used is not None:
+                log.warning(
+                    "conversation %r: turn %s's checkpointed call %r reuses a call id of the "
+                    "conversation; it is left out of the recovered step",
+                    conversation_id,
+                    row.id,
+                    c["id"],
                 )
-                if used is not None:
-                    log.warning(
-                        "conversation %r: turn %s's checkpointed call %r reuses a call id "
-                        "of the conversation; it is left out of the recovered step",
-                        conversation_id,
-                        row.id,
-                        c["id"],
-                    )
-                    continue
-                calls.append(ToolCall(c["id"], c["name"], c["arguments"], c["provider_data"]))
-            kept = {c.id for c in calls}
-            staged["results"] = [r for r in staged["results"] if r["call_id"] in kept]
-            if not calls and not staged["content"]:
-                await tx.run("drop_staged_steps", turn_id=row.id)
                 continue
+            calls.append(ToolCall(c["id"], c["name"], c["arguments"], c["provider_data"]))
+        kept = {c.id for c in calls}
+        staged_results = [r for r in staged["results"] if r["call_id"] in kept]
+        if calls or staged["content"]:
             message = AssistantMessage(staged["content"], tuple(calls))
-            answered = {r["call_id"] for r in staged["results"]}
+            answered = {r["call_id"] for r in staged_results}
             results = [
-                ToolResult(r["call_id"], r["content"], r["is_error"]) for r in staged["results"]
+                ToolResult(r["call_id"], r["content"], r["is_error"]) for r in staged_results
             ] + [
                 ToolResult(c.id, INTERRUPTED, is_error=True)
                 for c in message.tool_calls
@@ -565,5 +597,4 @@ async def recover_expired(store: Store, tx: Tx, conversation_id: str) -> list[st
             )
             await tx.run_many("insert_message", write.message_rows())
             await tx.run("set_turn_steps", turn_id=row.id, step=step)
-        await tx.run("drop_staged_steps", turn_id=row.id)
-    return taken
+    await tx.run("drop_staged_steps", turn_id=row.id)

@@ -38,6 +38,8 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from . import telemetry
+
 Op = TypeVar("Op")
 Result = TypeVar("Result")
 
@@ -167,6 +169,7 @@ class GroupCommit(Generic[Op, Result]):
     async def _apply_all(self, batch: list[_Pending[Op, Result]]) -> None:
         self.batches += 1
         self.writes += len(batch)
+        telemetry.batch_size.record(len(batch))
         try:
             results = await self._apply([p.op for p in batch])
         except Exception as exc:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from sqlalchemy.engine import URL, make_url
 
-from . import claim
+from . import claim, telemetry
 from .backends.base import DEFAULT_RETRY_SECONDS, Backend, ClaimRow, TurnEnd, Tx
 from .erase import Erased, erase
 from .errors import SchemaError, StoreUnavailable, TurnNotFound
@@ -278,10 +278,15 @@ class Store:
         ``system``: the system prompt (instructions), put where the provider takes it
         (a system message for OpenAI, ``system`` for Anthropic, ``systemInstruction`` for
         Gemini)."""
-        rows = await self.backend.retrying(
-            lambda: read_replay_rows(self.backend, conversation_id, last), write=False
-        )
-        return replay_rows(rows, provider, unanswered=unanswered, system=system)
+        with telemetry.span("replay", conversation_id) as span:
+            rows = await self.backend.retrying(
+                lambda: read_replay_rows(self.backend, conversation_id, last), write=False
+            )
+            body, repairs = replay_rows(rows, provider, unanswered=unanswered, system=system)
+            if span.is_recording():
+                span.set_attribute("turnstore.outcome", f"{len(repairs)} repairs")
+                span.set_attribute("turnstore.provider", provider)
+        return body, repairs
 
     async def resume_turn(self, turn_id: str, *, epoch: int | None = None) -> Turn:
         """A handle on a running turn that another store (another process, or this service

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 import anyio.lowlevel
 
+from . import telemetry
 from .backends.base import StepWrite, TurnEnd, Tx, refusal
 from .errors import (
     DuplicateTurnWrite,
@@ -293,6 +294,7 @@ class Turn:
         )
 
     def _committed(self, write: StepWrite) -> int:
+        telemetry.steps.add(1)
         self.steps = write.step
         self._next_position += 1 + len(write.call_ids)
         self._call_ids.update(write.call_ids)
@@ -302,9 +304,10 @@ class Turn:
         return write.step
 
     async def _commit(self, encoded: EncodedStep) -> int:
-        async with _held(self._write_lock):
-            self._check_writable()
-            return await self._commit_locked(encoded)
+        with telemetry.span("commit_step", self.conversation_id, self.id):
+            async with _held(self._write_lock):
+                self._check_writable()
+                return await self._commit_locked(encoded)
 
     async def _commit_locked(self, encoded: EncodedStep) -> int:
         """Commit a step; the caller holds the write lock."""
@@ -417,6 +420,14 @@ class Turn:
         )
 
     async def _end(self, status: EndStatus, error: str | None, final: EncodedStep | None) -> None:
+        with telemetry.span("end_turn", self.conversation_id, self.id) as span:
+            await self._end_traced(status, error, final)
+            if span.is_recording():
+                span.set_attribute("turnstore.outcome", status)
+
+    async def _end_traced(
+        self, status: EndStatus, error: str | None, final: EncodedStep | None
+    ) -> None:
         store = self._store
         async with _held(self._write_lock):
             self._check_writable()
@@ -473,6 +484,7 @@ class Turn:
 
     def _raise_not_running(self, status: str) -> None:
         if status in ("expired", "running", "missing"):
+            telemetry.lease_losses.add(1)
             self.status = "expired" if status != "missing" else status
             raise LeaseLost(
                 f"turn {self.id} lost conversation {self.conversation_id!r}: its lease "
@@ -582,6 +594,11 @@ class StepBuffer:
                 ],
             }
         )
+        with telemetry.span("checkpoint", turn.conversation_id, turn.id):
+            await self._checkpoint(payload)
+
+    async def _checkpoint(self, payload: str) -> None:
+        turn = self.turn
         async with _held(turn._write_lock):
             turn._check_writable()
             await turn._settle()  # the staged step's number depends on what landed
