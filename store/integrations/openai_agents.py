@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
-import anyio.lowlevel
 
 try:
     from agents.items import ItemHelpers, TResponseInputItem
@@ -139,24 +138,25 @@ _LOOPS_LOCK = threading.Lock()
 async def _finish_mutation(work: Coroutine[Any, Any, T]) -> T:
     """Run ``work`` to its end even if the caller is cancelled meanwhile (the SDK's own
     sessions do the same): the caller then gets its cancellation, after the write's outcome
-    is settled, never a write cut in half. An anyio cancel scope's cancellation waits
-    behind a shield (delivered when the write is done); a native ``Task.cancel()``, which
-    no shield stops, is caught and raised again once the write is done."""
+    is settled, never a write cut in half. Once cancelled — natively (``Task.cancel()``,
+    which no anyio shield stops) or by an anyio scope (which would deliver it again and
+    again) — the caller waits behind a shield."""
     task = asyncio.ensure_future(work)
     cancelled: BaseException | None = None
     while not task.done():
         try:
-            with anyio.CancelScope(shield=True):
+            if cancelled is None:
                 await asyncio.wait({task})
+            else:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait({task})
         except asyncio.CancelledError as exc:
             cancelled = cancelled or exc
     if cancelled is not None:
         if not task.cancelled():
             task.exception()  # retrieved: the cancellation is what the caller gets
         raise cancelled
-    result = task.result()
-    await anyio.lowlevel.checkpoint_if_cancelled()  # a scope cancelled meanwhile: now
-    return result
+    return task.result()
 
 
 async def _claim_or_cancel(
@@ -398,6 +398,9 @@ class TurnstoreSession:
         self._check_open()
         if isinstance(items, list | tuple) and not items:
             return
+        run = self._active()
+        if run is not None and run._absorbs(items):
+            return  # the run's input: its turn's user message, written when it began
         await _finish_mutation(self._add(items))
 
     async def pop_item(self, *, wrapper: Any = None) -> TResponseInputItem | None:
@@ -772,11 +775,17 @@ class SessionTurn:
         self.handle.steps = max(self.handle.steps, done.steps)
         self.awaiting_input = False
 
+    def _absorbs(self, items: Sequence[Any]) -> bool:
+        """Whether ``items`` are the run's input, written by its claim: the Runner's first
+        write (any later write is written)."""
+        if not self.awaiting_input or self.duplicate:
+            return False
+        self.awaiting_input = False
+        return same(list(items), self.input_items)
+
     async def _add(self, items: Sequence[Any]) -> None:
-        if self.awaiting_input:
-            self.awaiting_input = False
-            if same(list(items), self.input_items):
-                return  # the turn's user message: written when the turn began
+        if self._absorbs(items):
+            return  # the turn's user message: written when the turn began
         if self._fast and not self._waiting and all(type(i) is dict for i in items):
             # One complete step, as the Runner writes them: the turn's own write, which
             # checks and encodes the items as it stores them (encode_step)

@@ -6,11 +6,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from agents import set_tracing_disabled
 
 from store.integrations.openai_agents import TurnstoreSession
 
 from ..conftest import Target
 from .helpers import CONFIG, MakeSession
+
+set_tracing_disabled(True)  # the SDK would try to export the runs' traces to OpenAI
 
 
 @pytest.fixture
