@@ -54,16 +54,17 @@ def copy_buffer(turn: Turn, buffer: StepBuffer | None) -> StepBuffer:
     )
 
 
-def open_step_view(live: Live) -> schemas.OpenStep | None:
+def open_step_json(live: Live) -> dict[str, Any] | None:
+    """``schemas.OpenStep`` as JSON values (None: no step is open)."""
     buffer = live.buffer
     if buffer is None or not (buffer.content or buffer.calls):
         return None
-    return schemas.OpenStep(
-        step=live.turn.steps + 1,
-        calls=[c.id for c in buffer.calls],
-        unanswered=buffer.unanswered,
-        parts=len(buffer.content),
-    )
+    return {
+        "step": live.turn.steps + 1,
+        "calls": [c.id for c in buffer.calls],
+        "unanswered": buffer.unanswered,
+        "parts": len(buffer.content),
+    }
 
 
 @dataclass
@@ -164,7 +165,8 @@ class LiveTurns:
 
     async def apply_events(
         self, live: Live, events: Sequence[schemas.Event], seq: int | None
-    ) -> schemas.EventsAck:
+    ) -> dict[str, Any]:
+        """The events applied; ``schemas.EventsAck`` as JSON values."""
         turn = live.turn
         applied = live.events
         if seq is not None and applied is not None:
@@ -280,15 +282,15 @@ class LiveTurns:
                 "must be unique per conversation"
             )
 
-    def _ack(self, live: Live, committed: list[int], *, duplicate: bool = False) -> Any:
-        return schemas.EventsAck(
-            turn_id=live.turn.id,
-            events=live.events,
-            steps=live.turn.steps,
-            committed=committed,
-            open_step=open_step_view(live),
-            duplicate=duplicate,
-        )
+    def _ack(self, live: Live, committed: list[int], *, duplicate: bool = False) -> dict[str, Any]:
+        return {
+            "turn_id": live.turn.id,
+            "events": live.events,
+            "steps": live.turn.steps,
+            "committed": committed,
+            "open_step": open_step_json(live),
+            "duplicate": duplicate,
+        }
 
 
 def _apply(buffer: StepBuffer, event: Any, where: str) -> None:

@@ -3,7 +3,7 @@ long-poll wait, usage."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import orjson
@@ -18,12 +18,15 @@ from . import schemas
 from .auth import Tenant, tenant
 from .common import (
     ServiceState,
+    json_response,
     owned_turn,
-    record_view,
+    owned_turn_and_usage,
+    record_json,
     scoped,
     state,
-    totals_view,
-    turn_view,
+    totals_json,
+    turn_json,
+    turn_response,
     until_disconnected,
 )
 from .limits import check_message
@@ -66,13 +69,12 @@ WRITE_ERRORS = responses(401, 404, 409, 413, 422, 503)
 )
 async def begin_turn(
     request: Request,
-    response: Response,
     conversation_id: ConversationId,
     body: schemas.BeginTurn,
     caller: Caller,
     service: Service,
     idempotency_key: IdempotencyKey = None,
-) -> schemas.TurnBegun:
+) -> Response:
     cid = scoped(caller, conversation_id)
     content = schemas.content_value(body.content)
     check_message(content, "the user message", service.limits.max_message_bytes)
@@ -86,17 +88,18 @@ async def begin_turn(
         )
 
     turn = await until_disconnected(request, begin)
-    if turn.duplicate:
-        response.status_code = 200
-    else:
+    if not turn.duplicate:
         service.live.add(turn)
-    return schemas.TurnBegun(
-        turn_id=turn.id,
-        conversation_id=conversation_id,
-        status=turn.status,
-        duplicate=turn.duplicate,
-        epoch=None if turn.duplicate else turn.epoch,
-        lease_seconds=store.config.lease_seconds,
+    return json_response(
+        {  # schemas.TurnBegun
+            "turn_id": turn.id,
+            "conversation_id": conversation_id,
+            "status": turn.status,
+            "duplicate": turn.duplicate,
+            "epoch": None if turn.duplicate else turn.epoch,
+            "lease_seconds": float(store.config.lease_seconds),
+        },
+        200 if turn.duplicate else 201,
     )
 
 
@@ -111,7 +114,7 @@ async def begin_turn(
 )
 async def post_events(
     turn_id: TurnId, body: schemas.Events, epoch: Epoch, caller: Caller, service: Service
-) -> schemas.EventsAck:
+) -> Response:
     limit = service.limits.max_message_bytes
     for i, event in enumerate(body.events):
         if isinstance(event, schemas.TextEvent):
@@ -123,7 +126,8 @@ async def post_events(
         elif isinstance(event, schemas.ToolResultEvent):
             check_message(schemas.content_value(event.content), f"events[{i}].content", limit)
     async with service.live.hold(turn_id, caller, epoch) as live:
-        return await service.live.apply_events(live, body.events, body.seq)
+        ack = await service.live.apply_events(live, body.events, body.seq)
+    return json_response(ack)  # schemas.EventsAck
 
 
 # --- the whole-step form ----------------------------------------------------------------
@@ -152,13 +156,12 @@ def _step_of(body: schemas.StepIn, limit: int) -> tuple[AssistantMessage, list[T
     summary="Commit one whole step: the assistant message and one result per tool call",
 )
 async def post_step(
-    response: Response,
     turn_id: TurnId,
     body: schemas.StepIn,
     epoch: Epoch,
     caller: Caller,
     service: Service,
-) -> schemas.StepAck:
+) -> Response:
     message, results = _step_of(body, service.limits.max_message_bytes)
     async with service.live.hold(turn_id, caller, epoch) as live:
         turn = live.turn
@@ -171,8 +174,7 @@ async def post_step(
             )
         if body.step is not None and body.step <= turn.steps:
             if await _same_step(service, turn, body.step, message, results):
-                response.status_code = 200
-                return schemas.StepAck(turn_id=turn.id, step=body.step, duplicate=True)
+                return _step_ack(turn.id, body.step, duplicate=True)
             raise IntegrityViolation(
                 f"turn {turn.id}: step {body.step} holds another write than this one; "
                 "nothing was written"
@@ -186,7 +188,13 @@ async def post_step(
                 steps=turn.steps,
             )
         step = await turn.commit_step(message, results)
-        return schemas.StepAck(turn_id=turn.id, step=step, duplicate=False)
+    return _step_ack(turn.id, step, duplicate=False)
+
+
+def _step_ack(turn_id: str, step: int, *, duplicate: bool) -> Response:
+    return json_response(  # schemas.StepAck
+        {"turn_id": turn_id, "step": step, "duplicate": duplicate}, 200 if duplicate else 201
+    )
 
 
 async def _same_step(
@@ -226,7 +234,7 @@ async def _same_step(
 
 async def _ended(
     service: ServiceState, caller: Caller, turn_id: str, status: str
-) -> schemas.TurnView | None:
+) -> Response | None:
     """The turn's view if it has already ended with ``status`` (ending is idempotent);
     ``TurnFinished`` if it ended otherwise; None if it runs."""
     live = service.live.peek(turn_id)
@@ -236,9 +244,9 @@ async def _ended(
         and caller.owns(live.turn.conversation_id)
     ):
         return None
-    info = await owned_turn(service, caller, turn_id)
+    info, records = await owned_turn_and_usage(service, caller, turn_id)
     if info.status == status:
-        return await turn_view(service, caller, info)
+        return json_response(await turn_json(service, caller, info, records))
     if info.status in TERMINAL and info.status != "expired":
         raise TurnFinished(f"turn {turn_id} has ended ({info.status}); begin a new turn")
     return None  # running (or expired: the hold says LeaseLost), queued: the hold says so
@@ -253,10 +261,6 @@ async def _commit_open_step(live: Live) -> None:
     live.buffer = None
 
 
-async def _view_after(service: ServiceState, caller: Tenant, turn_id: str) -> schemas.TurnView:
-    return await turn_view(service, caller, await owned_turn(service, caller, turn_id))
-
-
 @router.post(
     "/turns/{turn_id}/finish",
     response_model=schemas.TurnView,
@@ -269,7 +273,7 @@ async def finish(
     caller: Caller,
     service: Service,
     body: Annotated[schemas.Finish | None, Body()] = None,
-) -> schemas.TurnView:
+) -> Response:
     done = await _ended(service, caller, turn_id, "finished")
     if done is not None:
         return done
@@ -288,12 +292,12 @@ async def finish(
             await turn.finish()
         else:
             await turn.finish(*final_step)
-    return await _view_after(service, caller, turn_id)
+    return await turn_response(service, caller, turn_id)
 
 
 async def _end(
     service: ServiceState, caller: Tenant, turn_id: str, epoch: int, status: str, reason: str
-) -> schemas.TurnView:
+) -> Response:
     done = await _ended(service, caller, turn_id, status)
     if done is not None:
         return done
@@ -303,7 +307,7 @@ async def _end(
             await live.turn.fail(reason or "failed")
         else:
             await live.turn.interrupt(reason or "interrupted")
-    return await _view_after(service, caller, turn_id)
+    return await turn_response(service, caller, turn_id)
 
 
 @router.post(
@@ -318,7 +322,7 @@ async def fail(
     caller: Caller,
     service: Service,
     body: Annotated[schemas.EndReason | None, Body()] = None,
-) -> schemas.TurnView:
+) -> Response:
     reason = body.reason if body is not None else ""
     return await _end(service, caller, turn_id, epoch, "failed", reason)
 
@@ -335,7 +339,7 @@ async def interrupt(
     caller: Caller,
     service: Service,
     body: Annotated[schemas.EndReason | None, Body()] = None,
-) -> schemas.TurnView:
+) -> Response:
     reason = body.reason if body is not None else ""
     return await _end(service, caller, turn_id, epoch, "interrupted", reason)
 
@@ -346,12 +350,12 @@ async def interrupt(
     responses=WRITE_ERRORS,
     summary="Renew the turn's lease (every event and step renews it too)",
 )
-async def heartbeat(
-    turn_id: TurnId, epoch: Epoch, caller: Caller, service: Service
-) -> schemas.Heartbeat:
+async def heartbeat(turn_id: TurnId, epoch: Epoch, caller: Caller, service: Service) -> Response:
     async with service.live.hold(turn_id, caller, epoch) as live:
         await live.turn.heartbeat()
-    return schemas.Heartbeat(turn_id=turn_id, lease_seconds=service.store.config.lease_seconds)
+    return json_response(  # schemas.Heartbeat
+        {"turn_id": turn_id, "lease_seconds": float(service.store.config.lease_seconds)}
+    )
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -363,8 +367,8 @@ async def heartbeat(
     responses=responses(401, 404, 422, 503),
     summary="The turn's state, its open step and its usage",
 )
-async def get_turn(turn_id: TurnId, caller: Caller, service: Service) -> schemas.TurnView:
-    return await _view_after(service, caller, turn_id)
+async def get_turn(turn_id: TurnId, caller: Caller, service: Service) -> Response:
+    return await turn_response(service, caller, turn_id)
 
 
 @router.get(
@@ -379,9 +383,18 @@ async def wait(
     caller: Caller,
     service: Service,
     timeout: Annotated[float, Query(ge=0, le=3600)] = 30.0,
-) -> schemas.TurnView:
-    info: TurnInfo = await owned_turn(service, caller, turn_id)
-    if info.status not in TERMINAL:
+) -> Response:
+    live = service.live.peek(turn_id)
+    if (
+        live is not None
+        and live.turn.status == "running"
+        and caller.owns(live.turn.conversation_id)
+    ):
+        running = True  # this service drives it: no read needed to know
+    else:
+        info: TurnInfo = await owned_turn(service, caller, turn_id)
+        running = info.status not in TERMINAL
+    if running:
         store = service.store
 
         async def wait_a_while() -> None:
@@ -389,7 +402,7 @@ async def wait(
                 await store.wait_for_turn(turn_id)
 
         await until_disconnected(request, wait_a_while)
-    return await _view_after(service, caller, turn_id)
+    return await turn_response(service, caller, turn_id)
 
 
 # --- usage ------------------------------------------------------------------------------
@@ -404,14 +417,13 @@ async def wait(
     summary="Record what a model call (or the whole turn) cost: tokens and cost",
 )
 async def post_usage(
-    response: Response,
     turn_id: TurnId,
     body: schemas.UsageIn,
     epoch: Epoch,
     caller: Caller,
     service: Service,
     idempotency_key: IdempotencyKey = None,
-) -> schemas.UsageRecord:
+) -> Response:
     live = service.live.peek(turn_id)
     if live is None or not caller.owns(live.turn.conversation_id):
         await owned_turn(service, caller, turn_id)
@@ -427,9 +439,7 @@ async def post_usage(
         usage_id=idempotency_key,
         epoch=epoch,
     )
-    if record.duplicate:
-        response.status_code = 200
-    return record_view(record)
+    return json_response(record_json(record), 200 if record.duplicate else 201)
 
 
 class _TurnUsage(schemas.BaseModel):
@@ -444,13 +454,14 @@ class _TurnUsage(schemas.BaseModel):
     responses=responses(401, 404, 422, 503),
     summary="Every usage report of the turn, and their sums",
 )
-async def get_usage(turn_id: TurnId, caller: Caller, service: Service) -> Any:
-    await owned_turn(service, caller, turn_id)
-    records = await service.store.turn_usage(turn_id)
-    return _TurnUsage(
-        turn_id=turn_id,
-        total=totals_view(sum_records(records)),
-        reports=[record_view(r) for r in records],
+async def get_usage(turn_id: TurnId, caller: Caller, service: Service) -> Response:
+    _, records = await owned_turn_and_usage(service, caller, turn_id)
+    return json_response(  # _TurnUsage
+        {
+            "turn_id": turn_id,
+            "total": totals_json(sum_records(records)),
+            "reports": [record_json(r) for r in records],
+        }
     )
 
 
