@@ -401,7 +401,7 @@ class TurnstoreSession:
         run = self._active()
         if run is not None and run._absorbs(items):
             return  # the run's input: its turn's user message, written when it began
-        await _finish_mutation(self._add(items))
+        await self._add(items)
 
     async def pop_item(self, *, wrapper: Any = None) -> TResponseInputItem | None:
         """Remove the most recent item from what the session shows, and return it (None if
@@ -410,7 +410,7 @@ class TurnstoreSession:
         ``function_call_output`` leaves its call without an output until the call is popped
         too (a new output for it is refused)."""
         self._check_open()
-        outcome = await _finish_mutation(self._mutate("pop", agents_log.pop))
+        outcome = await self._mutate("pop", agents_log.pop)
         return outcome.value  # type: ignore[no-any-return]
 
     async def clear_session(self, *, wrapper: Any = None) -> None:
@@ -418,7 +418,7 @@ class TurnstoreSession:
         ``store.history`` still shows it): this is not erasure, ``delete_conversation`` is.
         A call waiting for its output is closed as interrupted first."""
         self._check_open()
-        await _finish_mutation(self._mutate("clear", agents_log.clear))
+        await self._mutate("clear", agents_log.clear)
 
     # --- beyond the protocol ----------------------------------------------------------------
 
@@ -466,7 +466,7 @@ class TurnstoreSession:
                 finally:
                     keepalive.cancel_scope.cancel()
                     run._unroute()
-                    await _finish_mutation(run._leave())
+                    await run._leave()
         except anyio.get_cancelled_exc_class():
             await _finish_mutation(handle.end_quietly("interrupted", "cancelled"))
             raise
@@ -525,13 +525,13 @@ class TurnstoreSession:
         claim that has to wait looks for one (the abandon hands the conversation over to
         it), one that does not wait reads nothing more."""
         if on_busy == "fail" and await agents_log.implicit_waiting(store, self.session_id):
-            await _finish_mutation(self._mutate("abandon", agents_log.abandon))
+            await self._mutate("abandon", agents_log.abandon)
 
         async def abandon_waiting_calls() -> None:
             _, then = _WAITING_CHECK_SECONDS
             while True:
                 if await agents_log.implicit_waiting(store, self.session_id):
-                    await _finish_mutation(self._mutate("abandon", agents_log.abandon))
+                    await self._mutate("abandon", agents_log.abandon)
                     return
                 await asyncio.sleep(then)
 
@@ -622,7 +622,9 @@ class TurnstoreSession:
         delay = store.config.poll_min_seconds
         while True:
             try:
-                outcome = await write(write_id)
+                # the write completes even if the caller is cancelled meanwhile; the waits
+                # between attempts (the conversation busy) are cancelled as any wait is
+                outcome = await _finish_mutation(write(write_id))
             except OutcomeUnknown:
                 self._unknown[key] = write_id
                 raise
@@ -794,7 +796,9 @@ class SessionTurn:
                 for call in draft.calls:
                     call.stored_id = call.sdk_id
                 try:
-                    await self.handle.commit_step(draft.message(), draft.results())
+                    await _finish_mutation(
+                        self.handle.commit_step(draft.message(), draft.results())
+                    )
                     return
                 except InvalidMessage:
                     # a call id the conversation already has (a popped call added again),

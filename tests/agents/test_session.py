@@ -455,6 +455,7 @@ async def test_a_write_in_a_cancelled_scope_completes_before_the_scope_exits(
 ) -> None:
     """anyio's cancellation waits behind the write (no busy re-delivery), then arrives."""
     session = sessions()
+    assert await session.get_items() == []  # the store is open: the write starts at once
     batch = [user("go"), *step("c1")]
     with anyio.CancelScope() as scope:
         scope.cancel()
