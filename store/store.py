@@ -436,9 +436,7 @@ def make_backend(
     if parsed.get_backend_name() == "postgresql":
         from .backends import postgres
 
-        parsed = postgres.postgres_url(parsed)
-        engine = postgres.create_engine(parsed, schema, max(2, pool_size // 4))
-        return postgres.PostgresBackend(engine, schema, pool_size)
+        return postgres.make_backend(parsed, schema, pool_size)
     if parsed.get_backend_name() == "sqlite":
         from .backends import sqlite
 

@@ -3,14 +3,22 @@ writes. The three hot writes — begin a turn, commit a step, end a turn — go 
 commit (``store.group_commit``): the writes that this process's turns make at the same
 moment are sent as one call to ``turnstore_apply`` (schema/postgres/0003_group_commit.sql),
 one round trip and one transaction, on asyncpg's own pool. Everything else (reads,
-migrations, the general claim path) goes through the SQLAlchemy engine."""
+migrations, the general claim path) goes through the SQLAlchemy engine.
+
+Behind PgBouncer in transaction-pooling mode (``?pgbouncer=transaction`` in the URL), a
+client's consecutive transactions may run on different server connections, so nothing
+may live in the session: the settings that a direct connection sends at startup are set
+with ``SET LOCAL`` at the start of every transaction instead, every statement runs inside
+a transaction, and no prepared statement outlives its transaction (see
+``transaction_settings``)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import asyncpg
@@ -78,6 +86,91 @@ def server_settings(schema: str | None) -> dict[str, str]:
     return settings
 
 
+#: The URL query parameter that says the store connects through PgBouncer:
+#: ``postgresql://app@pgbouncer.internal:6432/app?pgbouncer=transaction``.
+PGBOUNCER = "pgbouncer"
+_POOL_MODES = ("transaction", "session")
+_REFUSED_PARAMETER = re.compile(r"unsupported startup parameter: \S+")
+
+
+def pgbouncer_mode(url: URL) -> tuple[URL, bool]:
+    """The URL without its ``pgbouncer`` query parameter, and whether it said that the
+    store connects through PgBouncer. ``transaction`` is the pooling mode the store is
+    built for; ``session`` is accepted too (what works under transaction pooling works
+    under session pooling). Statement pooling cannot run a transaction of more than one
+    statement, which every turnstore write is: refused."""
+    mode = url.query.get(PGBOUNCER)
+    if mode is None:
+        return url, False
+    if mode not in _POOL_MODES:
+        raise ValueError(
+            f"{PGBOUNCER}={mode!r}: use {PGBOUNCER}=transaction (PgBouncer's pool_mode "
+            "transaction or session; statement pooling cannot run turnstore's transactions)"
+        )
+    return url.difference_update_query([PGBOUNCER]), True
+
+
+def startup_settings(schema: str | None, *, pgbouncer: bool) -> dict[str, str]:
+    """What a connection sends as startup parameters: ``server_settings``, or behind
+    PgBouncer only ``application_name``, the one of them PgBouncer accepts (it refuses
+    the others, and sets application_name on whichever server connection runs each
+    transaction); the rest go in ``transaction_settings``."""
+    settings = server_settings(schema)
+    if pgbouncer:
+        return {"application_name": settings["application_name"]}
+    return settings
+
+
+def transaction_settings(schema: str | None) -> str:
+    """The settings of ``server_settings`` but application_name, as the ``SET LOCAL``
+    statements that a transaction through PgBouncer begins with (in the same message as
+    its BEGIN). They hold until the transaction ends, its COMMIT included, so the deferred
+    foreign-key checks that run at COMMIT plan with enable_seqscan off too, and they leave
+    nothing behind on the server connection for the next client."""
+    settings = server_settings(schema)
+    del settings["application_name"]
+    return "; ".join(f"SET LOCAL {name} = '{value}'" for name, value in settings.items())
+
+
+class SettingsPerTransaction(asyncpg.Connection):  # type: ignore[misc]
+    """An asyncpg connection whose every transaction begins with the store's settings:
+    ``Connection.transaction()`` (which SQLAlchemy's dialect uses too) sends its
+    ``BEGIN ...`` through ``execute``, and the settings ride in the same message, no round
+    trip of their own. (Should asyncpg begin another way, the settings would be missing:
+    tests/test_pgbouncer.py reads them in each kind of transaction and at COMMIT.) A
+    subclass per store carries its ``local_settings`` (``connection_class``)."""
+
+    local_settings: ClassVar[str] = ""
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        if not args and query.startswith("BEGIN"):
+            query = f"{query.rstrip('; ')}; {self.local_settings}"
+        return await super().execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
+
+
+def connection_class(schema: str | None) -> type[SettingsPerTransaction]:
+    """The asyncpg connection class of a store behind PgBouncer, for ``schema``."""
+    return type(
+        "SettingsPerTransaction",
+        (SettingsPerTransaction,),
+        {"local_settings": transaction_settings(schema)},
+    )
+
+
+def pgbouncer_connect_args(schema: str | None) -> dict[str, Any]:
+    """asyncpg's connect arguments behind PgBouncer. ``statement_cache_size=0``: PgBouncer
+    1.18 does not carry prepared statements from one transaction to the next (a named
+    statement prepared on one server connection is missing on the next, or its name taken
+    by another client's), so asyncpg uses the unnamed statement, parsed again with each
+    execution (its Parse, Describe and Execute reach one server connection: no Sync
+    between them)."""
+    return {
+        "server_settings": startup_settings(schema, pgbouncer=True),
+        "statement_cache_size": 0,
+        "connection_class": connection_class(schema),
+    }
+
+
 def driver_sql(statement: TextClause, params: tuple[str, ...]) -> str:
     """A named query (``:name`` parameters) as asyncpg takes it (``$1``, ...), to be called
     with the values of ``params`` in that order."""
@@ -87,8 +180,14 @@ def driver_sql(statement: TextClause, params: tuple[str, ...]) -> str:
     return compiled.string
 
 
-def create_engine(url: URL, schema: str | None, pool_size: int) -> AsyncEngine:
+def create_engine(
+    url: URL, schema: str | None, pool_size: int, *, pgbouncer: bool = False
+) -> AsyncEngine:
     connect_args: dict[str, Any] = {"server_settings": server_settings(schema)}
+    if pgbouncer:
+        # and SQLAlchemy's own cache of asyncpg statements off: it would keep statements
+        # that asyncpg re-parses anyway
+        connect_args = {**pgbouncer_connect_args(schema), "prepared_statement_cache_size": 0}
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
     )
@@ -105,10 +204,25 @@ def _lock_key_of(write: Write) -> int:
 class PostgresBackend(Backend):
     dialect = "postgres"
 
-    def __init__(self, engine: AsyncEngine, schema: str | None, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        schema: str | None,
+        pool_size: int = 10,
+        *,
+        pgbouncer: bool = False,
+    ) -> None:
         super().__init__(engine, namespace=schema or "public")
         self.schema = schema
-        self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        #: behind PgBouncer (``?pgbouncer=transaction``): every statement in a transaction
+        #: that sets the session settings itself
+        self.pgbouncer = pgbouncer
+        # Reads run in autocommit, without BEGIN/COMMIT round trips (history is
+        # append-only and a step commits atomically: statements need no shared snapshot),
+        # but behind PgBouncer in a transaction: the settings need one.
+        self._read_engine = (
+            engine if pgbouncer else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = anyio.Lock()
@@ -129,15 +243,20 @@ class PostgresBackend(Backend):
             async with self._pool_lock:
                 if self._pool is None:
                     url = self.engine.url.set(drivername="postgresql")
+                    settings: dict[str, Any] = {"server_settings": server_settings(self.schema)}
+                    if self.pgbouncer:
+                        settings = pgbouncer_connect_args(self.schema)
                     self._pool = await asyncpg.create_pool(
                         url.render_as_string(hide_password=False),
                         min_size=0,
                         max_size=self._pool_size,
-                        server_settings=server_settings(self.schema),
-                        # Each call is one autocommit statement that leaves no session
-                        # state behind (its advisory lock is transaction-scoped): skip the
-                        # default reset's extra round trip on every release.
+                        # Each call is one autocommit statement (behind PgBouncer, one
+                        # transaction) that leaves no session state behind (its advisory
+                        # lock is transaction-scoped): skip the default reset's extra
+                        # round trip on every release. (The pool rolls back a transaction
+                        # left open by a cancelled call before it runs this.)
                         reset=_no_reset,
+                        **settings,
                     )
         return self._pool
 
@@ -157,6 +276,9 @@ class PostgresBackend(Backend):
 
     async def _call(self, method: str, sql: str, *args: Any) -> Any:
         async with self._hot_connection() as conn:
+            if self.pgbouncer:
+                async with _transaction(conn):
+                    return await getattr(conn, method)(sql, *args)
             return await getattr(conn, method)(sql, *args)
 
     async def reset_connections(self) -> None:
@@ -213,10 +335,15 @@ class PostgresBackend(Backend):
         return Ended(refused, ClaimRow("claimed", turn_id, status, epoch, next_position))
 
     async def _apply(self, writes: Sequence[Write]) -> list[Any]:
-        """One batch of writes in one autocommit call: the function is the transaction."""
+        """One batch of writes in one autocommit call: the function is the transaction
+        (behind PgBouncer, inside BEGIN and COMMIT, which set the session's settings)."""
         records = [as_record(w) for w in writes]
         async with self._hot_connection() as conn:
-            rows = await conn.fetch(_APPLY, records)
+            if self.pgbouncer:
+                async with _transaction(conn):
+                    rows = await conn.fetch(_APPLY, records)
+            else:
+                rows = await conn.fetch(_APPLY, records)
         answers: list[Any] = [None] * len(writes)
         for row in rows:
             answers[row[0] - 1] = row
@@ -227,6 +354,16 @@ class PostgresBackend(Backend):
         return raw.driver_connection  # type: ignore[no-any-return]
 
     async def applied_versions(self) -> list[int]:
+        try:
+            return await self._applied_versions()
+        except Exception as exc:
+            refused = _refused_parameter(exc, self.pgbouncer)
+            if refused is None:
+                raise
+        # raised outside the handler: a mistake in the URL, not a failure to retry
+        raise ValueError(refused)
+
+    async def _applied_versions(self) -> list[int]:
         async with self.engine.connect() as conn:
             exists = await conn.scalar(text("SELECT to_regclass('turnstore_migrations')"))
             if exists is None:
@@ -235,6 +372,15 @@ class PostgresBackend(Backend):
             return sorted(r[0] for r in rows)
 
     async def migrate(self) -> list[int]:
+        try:
+            return await self._migrate()
+        except Exception as exc:
+            refused = _refused_parameter(exc, self.pgbouncer)
+            if refused is None:
+                raise
+        raise ValueError(refused)  # outside the handler, as in applied_versions
+
+    async def _migrate(self) -> list[int]:
         applied: list[int] = []
         async with self.engine.connect() as conn:
             driver = await self._driver(conn)
@@ -243,8 +389,16 @@ class PostgresBackend(Backend):
                 await driver.execute(
                     "SELECT pg_advisory_xact_lock($1)", lock_key(self.namespace, "migrations")
                 )
-                if self.schema is not None:
-                    await driver.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                # Whether the schema exists, read from pg_namespace itself: a migrator that
+                # waited for the lock above may hold a stale "no such schema" in its
+                # catalog cache (a wait for an advisory lock does not refresh it), and
+                # would try to create the schema the other migrator just created. Seen
+                # behind PgBouncer, where a server connection serves many clients.
+                if self.schema is not None and not await driver.fetchval(
+                    "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                    self.schema,
+                ):
+                    await driver.execute(f'CREATE SCHEMA "{self.schema}"')
                 await driver.execute(_MIGRATIONS_TABLE)
                 await driver.execute(
                     "ALTER TABLE turnstore_migrations ADD COLUMN IF NOT EXISTS checksum text"
@@ -349,6 +503,36 @@ def as_record(w: Write) -> tuple[Any, ...]:
             None, None)  # fmt: skip
 
 
+def _refused_parameter(exc: BaseException, pgbouncer: bool) -> str | None:
+    """What to do about a connection that PgBouncer refused for its startup parameters
+    (the first thing ``Store.open`` does is ``migrate`` or ``applied_versions``)."""
+    refused = _REFUSED_PARAMETER.search(str(exc))
+    if refused is None or pgbouncer:
+        return None
+    return (
+        f"the server refused a startup parameter ({refused[0]}): this is PgBouncer; "
+        f"add ?{PGBOUNCER}=transaction to the URL (docs/operations.md, Behind PgBouncer)"
+    )
+
+
+@asynccontextmanager
+async def _transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """``conn.transaction()``, except that a connection that broke inside it raises what
+    broke it (asyncpg's own block raises "the underlying connection is closed" instead).
+    A rollback cut short by a cancellation is completed by the pool, which rolls back a
+    connection's open transaction before it pools the connection again."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield
+    except BaseException:
+        # InterfaceError: the connection is closed (and gone back to the pool)
+        with contextlib.suppress(asyncpg.InterfaceError):
+            await transaction.rollback()
+        raise
+    await transaction.commit()
+
+
 @asynccontextmanager
 async def _connected(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection of the engine's pool; a failure to connect is ``ConnectFailed``."""
@@ -369,3 +553,10 @@ def postgres_url(url: str | URL) -> URL:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
     return parsed
+
+
+def make_backend(url: str | URL, schema: str | None, pool_size: int) -> PostgresBackend:
+    """The backend of a PostgreSQL URL, direct or through PgBouncer (``pgbouncer_mode``)."""
+    parsed, pgbouncer = pgbouncer_mode(postgres_url(url))
+    engine = create_engine(parsed, schema, max(2, pool_size // 4), pgbouncer=pgbouncer)
+    return PostgresBackend(engine, schema, pool_size, pgbouncer=pgbouncer)
