@@ -19,6 +19,7 @@ from ..store import Store, StoreConfig
 from . import conversations, problems, turns
 from .auth import Authenticator
 from .common import ServiceState
+from .fastpath import FastPath
 from .limits import BodyLimits, Limits
 from .live import LiveTurns
 
@@ -38,6 +39,9 @@ class ServiceConfig:
     pool_size: int = 10
     migrate: bool = True
     live_turns: int = 10_000
+    #: serve a turn's operations without FastAPI's per-request machinery (``fastpath``);
+    #: off: FastAPI serves every request (the tests compare the two)
+    fast_path: bool = True
 
 
 class AccessLog:
@@ -116,6 +120,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     for router in (turns.router, conversations.router, conversations.health_router):
         app.include_router(router)
     problems.install(app)
+    if config.fast_path:
+        app.add_middleware(FastPath, routes=turns.router.routes, api=app)
     app.add_middleware(BodyLimits, limits=config.limits)
     app.add_middleware(AccessLog)
     app.openapi = lambda: _openapi(app, secured=config.tokens is not None)  # type: ignore[method-assign]

@@ -1,0 +1,327 @@
+"""The hot operations without FastAPI's per-request machinery, answering exactly as FastAPI
+would.
+
+A turn's requests (begin, events, steps, finish, fail, interrupt, heartbeat, its state,
+long poll, usage) are most of what the service serves, and FastAPI spent about as much CPU
+on each of them as the store did (routing through every route, an endpoint context and
+exit stacks per request, content-type parsing with ``email.message``, dependencies solved
+one parameter at a time). This ASGI middleware serves them itself, with FastAPI's own
+pieces:
+
+* the route is matched on its path's segments (no root path, no trailing slash);
+* every parameter is validated by the route's own FastAPI fields (``ModelField.validate``,
+  the same pydantic validators, constraints and defaults), the body parsed by orjson as
+  the routes' ``JsonRequest`` does; the dependencies (``tenant``, ``state``) are the same
+  functions, the endpoint the same function;
+* an error the endpoint raises is answered by the app's own exception handlers, looked up
+  along the error's MRO as Starlette does (an unexpected error goes up to
+  ``ServerErrorMiddleware``, as it would).
+
+Anything else is served by FastAPI itself, from the start: a request whose parameters,
+body, content type or token are not plainly valid (a header given twice, a query parameter
+the operation does not take, a body that is not JSON or not ``application/json``, a
+missing or bad token, a value a field refuses) is handed to the app with its body
+replayed, so every refusal is FastAPI's own answer, word for word. It runs inside
+``BodyLimits`` and ``AccessLog``: the size limits, the body deadline and the access log
+(its route template from ``scope["route"]``) apply as before. The OpenAPI document is
+FastAPI's, unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_JSON = "application/json"
+_NOT_PARSED = HTTPException(status_code=400, detail="There was an error parsing the body")
+
+
+class _Fallback(Exception):
+    """The request is not plainly valid: FastAPI answers it."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str  # the endpoint's parameter
+    key: str  # where it is: the header (lower case) or query parameter name
+    field: Any  # FastAPI's ModelField
+    loc: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Operation:
+    route: APIRoute
+    segments: tuple[str | None, ...]  # None: a path parameter
+    path: tuple[_Field, ...]
+    headers: tuple[_Field, ...]
+    query: tuple[_Field, ...]
+    body: _Field | None
+    dependencies: tuple[tuple[str, Callable[[Request], Any]], ...]
+    request_param: str | None
+
+
+def _operation(route: APIRoute) -> _Operation | None:
+    """The fast form of ``route``, if it is one it can serve (None: FastAPI serves it)."""
+    d = route.dependant
+    if (
+        len(route.methods) != 1
+        or d.cookie_params
+        or len(d.body_params) > 1
+        or d.response_param_name
+        or d.background_tasks_param_name
+        or d.security_scopes_param_name
+        or d.websocket_param_name
+        or d.http_connection_param_name
+        or not _default(route.response_class)
+        or not inspect.iscoroutinefunction(route.endpoint)
+        # the endpoint builds its answer (no response model to validate and serialize)
+        or inspect.signature(route.endpoint).return_annotation not in ("Response", Response)
+    ):
+        return None
+    dependencies = []
+    for sub in d.dependencies:
+        call = sub.call
+        if (
+            sub.name is None
+            or call is None
+            or not inspect.iscoroutinefunction(call)
+            or sub.dependencies
+            or sub.path_params
+            or sub.query_params
+            or sub.header_params
+            or sub.cookie_params
+            or sub.body_params
+            or sub.request_param_name is None
+        ):
+            return None
+        dependencies.append((sub.name, call))
+    segments: list[str | None] = []
+    names = {f.alias: f for f in d.path_params}
+    path = []
+    for part in route.path_format.split("/"):
+        if part.startswith("{") and part.endswith("}"):
+            field = names.pop(part[1:-1], None)
+            if field is None:
+                return None
+            segments.append(None)
+            path.append(_Field(field.name, field.alias, field, ("path", field.alias)))
+        elif "{" in part or "}" in part:
+            return None
+        else:
+            segments.append(part)
+    if names:
+        return None
+    headers = tuple(
+        _Field(f.name, f.alias.lower(), f, ("header", f.alias)) for f in d.header_params
+    )
+    query = tuple(_Field(f.name, f.alias, f, ("query", f.alias)) for f in d.query_params)
+    body = None
+    if d.body_params:
+        f = d.body_params[0]
+        if getattr(route, "_embed_body_fields", True):
+            return None  # validated under ("body", name): not the one form served here
+        body = _Field(f.name, "", f, ("body",))
+    return _Operation(
+        route=route,
+        segments=tuple(segments),
+        path=tuple(path),
+        headers=headers,
+        query=query,
+        body=body,
+        dependencies=tuple(dependencies),
+        request_param=d.request_param_name,
+    )
+
+
+def _default(response_class: Any) -> bool:
+    from fastapi.datastructures import DefaultPlaceholder
+
+    return isinstance(response_class, DefaultPlaceholder)
+
+
+class FastPath:
+    """ASGI middleware: the operations of ``routes`` that it can serve (see the module)."""
+
+    def __init__(self, app: ASGIApp, routes: list[APIRoute], api: FastAPI) -> None:
+        self.app = app
+        self.api = api
+        #: requests served here, and handed to FastAPI after a match (counts, for the tests)
+        self.served = 0
+        self.handed_over = 0
+        self.operations: dict[tuple[str, int], list[_Operation]] = {}
+        for route in routes:
+            op = _operation(route)
+            if op is not None:
+                key = (next(iter(route.methods)), len(op.segments))
+                self.operations.setdefault(key, []).append(op)
+
+    def _match(self, scope: Scope) -> tuple[_Operation, list[str]] | None:
+        if scope.get("root_path"):
+            return None
+        parts = scope["path"].split("/")
+        for op in self.operations.get((scope["method"], len(parts)), ()):
+            values = []
+            for part, segment in zip(parts, op.segments, strict=True):
+                if segment is None:
+                    values.append(part)
+                elif part != segment:
+                    break
+            else:
+                return op, values
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        matched = self._match(scope)
+        if matched is None:
+            await self.app(scope, receive, send)
+            return
+        op, path_values = matched
+        body: bytes | None = None
+        try:
+            kwargs = self._parameters(op, scope, path_values)
+            if op.body is not None:
+                body = await self._read_body(receive)
+                kwargs[op.body.name] = self._body(op, scope, body)
+            request = Request(scope, receive)
+            for name, call in op.dependencies:
+                try:
+                    kwargs[name] = await call(request)
+                except HTTPException:
+                    raise _Fallback from None  # a refused token: FastAPI answers it
+        except _Fallback:
+            self.handed_over += 1
+            await self.app(scope, _replay(body, receive) if body is not None else receive, send)
+            return
+        except HTTPException as exc:  # reading the body: a limit, the deadline
+            await self._answer_error(exc, scope, receive, send)
+            return
+        self.served += 1
+        scope["route"] = op.route
+        scope["endpoint"] = op.route.endpoint
+        scope["path_params"] = {f.key: v for f, v in zip(op.path, path_values, strict=True)}
+        if op.request_param is not None:
+            kwargs[op.request_param] = request
+        try:
+            response = await op.route.endpoint(**kwargs)
+        except Exception as exc:
+            await self._answer_error(exc, scope, receive, send)
+            return
+        if not isinstance(response, Response):
+            raise TypeError(f"{op.route.name} answered {type(response).__name__}, not a Response")
+        await response(scope, receive, send)
+
+    def _parameters(self, op: _Operation, scope: Scope, path: list[str]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        for f, raw in zip(op.path, path, strict=True):
+            kwargs[f.name] = _valid(f, raw)
+        if op.headers:
+            found: dict[str, str] = {}
+            wanted = {f.key for f in op.headers}
+            for name, value in scope["headers"]:
+                key = name.decode("latin-1").lower()
+                if key in wanted:
+                    if key in found:
+                        raise _Fallback  # given twice
+                    found[key] = value.decode("latin-1")
+            for f in op.headers:
+                kwargs[f.name] = _valid(f, found[f.key]) if f.key in found else _missing(f)
+        query = scope.get("query_string", b"")
+        if query:
+            pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+            names = {f.key for f in op.query}
+            if len({k for k, _ in pairs}) != len(pairs) or any(k not in names for k, _ in pairs):
+                raise _Fallback  # repeated, or one the operation does not take
+            given = dict(pairs)
+        else:
+            given = {}
+        for f in op.query:
+            kwargs[f.name] = _valid(f, given[f.key]) if f.key in given else _missing(f)
+        return kwargs
+
+    @staticmethod
+    async def _read_body(receive: Receive) -> bytes:
+        chunks = []
+        while True:
+            message = await receive()  # BodyLimits' receive: a Problem past a limit
+            if message["type"] != "http.request":
+                raise _NOT_PARSED  # the client went away: as Starlette's request.body()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    def _body(op: _Operation, scope: Scope, body: bytes) -> Any:
+        assert op.body is not None
+        if not body:
+            return _missing(op.body)
+        content_type = None
+        for name, value in scope["headers"]:
+            if name.lower() == b"content-type":
+                if content_type is not None:
+                    raise _Fallback
+                content_type = value.decode("latin-1")
+        if content_type is None or content_type.split(";", 1)[0].strip().lower() != _JSON:
+            raise _Fallback
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise _Fallback from None
+        return _valid(op.body, value)
+
+    async def _answer_error(
+        self, exc: Exception, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Answer as Starlette's ExceptionMiddleware would: the app's handler for the first
+        class of the error's MRO that has one; none (or ``Exception``'s, which is
+        ServerErrorMiddleware's): raised to ServerErrorMiddleware."""
+        handlers = self.api.exception_handlers
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                break
+            handler = handlers.get(cls)
+            if handler is not None:
+                response: Response = await handler(Request(scope, receive), exc)
+                await response(scope, receive, send)
+                return
+        raise exc
+
+
+def _valid(f: _Field, raw: Any) -> Any:
+    value, errors = f.field.validate(raw, {}, loc=f.loc)
+    if errors:
+        raise _Fallback
+    return value
+
+
+def _missing(f: _Field) -> Any:
+    info = f.field.field_info
+    if info.is_required() or info.validate_default:
+        raise _Fallback
+    return copy.deepcopy(f.field.default)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The request's receive, its body (read already) given again first."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
