@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         max_wait=args.max_wait,
         pool_size=args.pool_size,
         migrate=not args.no_migrate,
+        tune_gc=True,
     )
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -159,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         access_log=False,  # ours (turnstore.http.access) leaves ids out
-        loop="auto",
-        http="auto",
+        loop="auto",  # uvloop (the server extra has it)
+        http="auto",  # httptools (the server extra has it)
         timeout_keep_alive=30,
         server_header=False,
     )
