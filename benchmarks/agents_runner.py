@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import sys
@@ -208,7 +209,8 @@ async def _run_system(system: str, target: DbTarget, params: Params) -> Result:
     result = Result(system)
     rng = random.Random(params.seed)
     agent = _make_agent(params, random.Random(params.seed + 1))
-    schema = check_schema_name(f"agents_runner_{system.replace('-', '_')}_{uuid.uuid4().hex[:6]}")
+    name = system.replace("-", "_")
+    schema = check_schema_name(f"agents_runner_{name}_{os.getpid()}_{uuid.uuid4().hex[:6]}")
     async with _sessions(system, target, schema, params.sessions) as sessions:
 
         async def submit(session: Any, question: str, key: str) -> None:

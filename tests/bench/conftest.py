@@ -53,8 +53,9 @@ async def _bench_schemas(run_id: str) -> list[str]:
 
 
 async def schemas_named(prefix: str) -> list[str]:
-    """Schemas called ``<prefix>_...`` still present (a tool's scratch schemas: there
-    should be none once it returned)."""
+    """Schemas called ``<prefix>_..._<this process id>_...`` still present: a tool's scratch
+    schemas, made by this test process (there should be none once it returned). Another
+    test run on the same server at the same moment has its own."""
     conn = await asyncpg.connect(parse_db_url(PG_URL).asyncpg_dsn)
     try:
         rows = await conn.fetch(
@@ -63,7 +64,7 @@ async def schemas_named(prefix: str) -> list[str]:
         )
     finally:
         await conn.close()
-    return [r[0] for r in rows]
+    return [r[0] for r in rows if f"_{os.getpid()}_" in r[0]]
 
 
 @pytest.fixture
