@@ -112,6 +112,9 @@ async def tenant(request: Request) -> Tenant:
     """The FastAPI dependency: the caller's tenant (401 without a valid token). Async: a
     plain function would run in a worker thread, a hop there and back per request."""
     auth: Authenticator = request.app.state.auth
-    found = auth.tenant_of(request.headers.get("authorization"))
-    request.state.tenant = found.name
+    if auth.tokens is None:
+        found = ANONYMOUS
+    else:
+        found = auth.tenant_of(request.headers.get("authorization"))
+    request.scope.setdefault("state", {})["tenant"] = found.name  # request.state.tenant
     return found

@@ -19,13 +19,12 @@ committed, so that a retry after a lost reply is recognised after a restart too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import anyio
 
 from ..errors import InvalidMessage, LeaseLost, TurnNotFound
 from ..messages import INTERRUPTED
@@ -67,10 +66,15 @@ def open_step_json(live: Live) -> dict[str, Any] | None:
     }
 
 
-@dataclass
 class _Slot:
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
-    users: int = 0
+    """A turn's lock, while requests hold or wait for it (asyncio's: the service runs on
+    uvicorn's asyncio loop, and anyio's costs more to make, once per request)."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class LiveTurns:
@@ -104,7 +108,9 @@ class LiveTurns:
         has none; 404 for another tenant's turn; ``LeaseLost`` for another epoch. An
         error that leaves the handle's state in doubt drops it (the next request resumes
         it from the database, which is the truth)."""
-        slot = self._slots.setdefault(turn_id, _Slot())
+        slot = self._slots.get(turn_id)
+        if slot is None:
+            slot = self._slots[turn_id] = _Slot()
         slot.users += 1
         try:
             async with slot.lock:
