@@ -7,6 +7,7 @@ bodies (turn ids and times aside)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from store.server.app import ServiceConfig, create_app
 from store.server.fastpath import FastPath
@@ -47,7 +49,9 @@ async def _app(target: Target, fast_path: bool) -> AsyncIterator[Any]:
 def _client(app: Any, tenant: str | None) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {TOKENS[tenant]}"} if tenant else {}
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://service", headers=headers
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url="http://service",
+        headers=headers,
     )
 
 
@@ -231,21 +235,49 @@ async def _script(app: Any, me: str, other: str) -> Script:
         await s.send("interrupt 2", c, "POST", f"/v1/turns/{t2['turn_id']}/interrupt",
                      headers=e2, json={"reason": "stop"})  # fmt: skip
         await s.send("history", c, "GET", "/v1/conversations/conv-1/messages")
+        # an unexpected error: a 500 problem (and the error raised on, for the server's log)
+        service = app.state.service
+        hold = service.live.hold
+
+        def broken(turn_id: str, *args: Any) -> Any:
+            if turn_id == "turn_boom":
+                raise RuntimeError("a bug")
+            return hold(turn_id, *args)
+
+        service.live.hold = broken
+        await s.send("a bug", c, "POST", "/v1/turns/turn_boom/heartbeat", headers=e)
+        service.live.hold = hold
     return s
 
 
-async def test_the_fast_path_answers_as_fastapi_does(target: Target) -> None:
+def _access_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The access log's lines (method, route template, status), the times left out."""
+    lines = [_MS.sub("<ms>", r.getMessage()) for r in caplog.records
+             if r.name == "turnstore.http.access" and r.levelno == logging.INFO]  # fmt: skip
+    caplog.clear()
+    return lines
+
+
+async def test_the_fast_path_answers_as_fastapi_does(
+    target: Target, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="turnstore.http.access")
     async with _app(target, fast_path=True) as fast:
         with_it = await _script(fast, "acme", "beta")
-        layer = fast.middleware_stack
+        logged_with = _access_log(caplog)
+        layer = fast.front
         while not isinstance(layer, FastPath):
             layer = layer.app
         # most valid requests were served by it, every odd one by FastAPI
         assert layer.served >= 30 and layer.handed_over >= 30, (layer.served, layer.handed_over)
     async with _app(target, fast_path=False) as plain:
         without = await _script(plain, "beta", "acme")
+        logged_without = _access_log(caplog)
     assert len(with_it.seen) == len(without.seen)
     for a, b in zip(with_it.seen, without.seen, strict=True):
         assert a == b
+    # the access log too: each request's route template (never its ids) and status
+    assert logged_with == logged_without
+    assert "POST /v1/turns/{turn_id}/steps 201 <ms>" in logged_with
     statuses = {status for _, status, _, _ in with_it.seen}
-    assert {200, 201, 401, 404, 405, 409, 413, 422} <= statuses
+    assert {200, 201, 401, 404, 405, 409, 413, 422, 500} <= statuses

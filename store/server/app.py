@@ -1,5 +1,6 @@
-"""The application factory: ``create_app(ServiceConfig(...))`` is an ASGI app that opens
-its store when it starts and closes it when it stops."""
+"""The application factory: ``create_app(ServiceConfig(...))`` is an ASGI app (a FastAPI
+app with the access log, the body limits and the turn operations' fast path in front) that
+opens its store when it starts and closes it when it stops."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         finally:
             await store.close()
 
-    app = FastAPI(
+    app = _Service(
         title="turnstore",
         version=VERSION,
         summary="A transactional conversation store for LLM agent runtimes, over HTTP.",
@@ -133,12 +134,33 @@ def create_app(config: ServiceConfig) -> FastAPI:
     for router in (turns.router, conversations.router, conversations.health_router):
         app.include_router(router)
     problems.install(app)
+    inner: ASGIApp = app.inner
     if config.fast_path:
-        app.add_middleware(FastPath, routes=turns.router.routes, api=app)
-    app.add_middleware(BodyLimits, limits=config.limits)
-    app.add_middleware(AccessLog)
+        inner = FastPath(inner, routes=turns.router.routes, api=app)
+    app.front = AccessLog(BodyLimits(inner, limits=config.limits))
     app.openapi = lambda: _openapi(app, secured=config.tokens is not None)  # type: ignore[method-assign]
     return app
+
+
+class _Service(FastAPI):
+    """The service's FastAPI app, with the access log, the body limits and the turn
+    operations' fast path in front of it (``front``: HTTP requests go through them, then
+    to FastAPI itself unless the fast path answered): ahead of FastAPI's own layers
+    (its telemetry check, ServerErrorMiddleware, ...), which a request the fast path serves
+    does not need (see ``fastpath``)."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front = self.front
+        if front is not None and scope["type"] == "http":
+            await front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def inner(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI itself."""
+        await super().__call__(scope, receive, send)
 
 
 def _openapi(app: FastAPI, *, secured: bool) -> dict[str, Any]:

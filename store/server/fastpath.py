@@ -5,8 +5,8 @@ A turn's requests (begin, events, steps, finish, fail, interrupt, heartbeat, its
 long poll, usage) are most of what the service serves, and FastAPI spent about as much CPU
 on each of them as the store did (routing through every route, an endpoint context and
 exit stacks per request, content-type parsing with ``email.message``, dependencies solved
-one parameter at a time). This ASGI middleware serves them itself, with FastAPI's own
-pieces:
+one parameter at a time, its telemetry check and error layers). This ASGI middleware, in
+front of the FastAPI app (``app._Service``), serves them itself, with FastAPI's own pieces:
 
 * the route is matched on its path's segments (no root path, no trailing slash);
 * every parameter is validated by the route's own FastAPI fields (``ModelField.validate``,
@@ -14,23 +14,26 @@ pieces:
   the routes' ``JsonRequest`` does; the dependencies (``tenant``, ``state``) are the same
   functions, the endpoint the same function;
 * an error the endpoint raises is answered by the app's own exception handlers, looked up
-  along the error's MRO as Starlette does (an unexpected error goes up to
-  ``ServerErrorMiddleware``, as it would).
+  along the error's MRO as Starlette's ExceptionMiddleware does; an unexpected one gets
+  the ``Exception`` handler's 500 problem and is raised on, as ServerErrorMiddleware does.
 
 Anything else is served by FastAPI itself, from the start: a request whose parameters,
 body, content type or token are not plainly valid (a header given twice, a query parameter
 the operation does not take, a body that is not JSON or not ``application/json``, a
 missing or bad token, a value a field refuses) is handed to the app with its body
-replayed, so every refusal is FastAPI's own answer, word for word. It runs inside
-``BodyLimits`` and ``AccessLog``: the size limits, the body deadline and the access log
-(its route template from ``scope["route"]``) apply as before. The OpenAPI document is
-FastAPI's, unchanged.
+replayed, so every refusal is FastAPI's own answer, word for word; and every request while
+FastAPI's own OpenTelemetry is on (a provider configured), so that its spans and metrics
+cover them all. It runs inside ``BodyLimits`` and ``AccessLog``: the size limits, the body
+deadline and the access log (its route template from ``scope["route"]``) apply as before.
+The OpenAPI document is FastAPI's, unchanged. ``tests/test_http_fastpath.py`` sends one
+script of valid and invalid requests to the app with and without it and compares.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +161,10 @@ class FastPath:
         #: requests served here, and handed to FastAPI after a match (counts, for the tests)
         self.served = 0
         self.handed_over = 0
+        telemetry = getattr(api, "_native_telemetry", None)  # FastAPI's, from 0.13x on
+        self._telemetry_enabled: Callable[[], bool] | None = getattr(telemetry, "enabled", None)
+        self._telemetry = False
+        self._telemetry_checked_at = -1e9
         self.operations: dict[tuple[str, int], list[_Operation]] = {}
         for route in routes:
             op = _operation(route)
@@ -181,7 +188,7 @@ class FastPath:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._telemetry_on():
             await self.app(scope, receive, send)
             return
         matched = self._match(scope)
@@ -189,6 +196,7 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         op, path_values = matched
+        scope["app"] = self.api  # as Starlette sets it: the request's app
         body: bytes | None = None
         try:
             kwargs = self._parameters(op, scope, path_values)
@@ -205,7 +213,7 @@ class FastPath:
             self.handed_over += 1
             await self.app(scope, _replay(body, receive) if body is not None else receive, send)
             return
-        except HTTPException as exc:  # reading the body: a limit, the deadline
+        except Exception as exc:  # reading the body: a limit, the deadline
             await self._answer_error(exc, scope, receive, send)
             return
         self.served += 1
@@ -216,12 +224,25 @@ class FastPath:
             kwargs[op.request_param] = request
         try:
             response = await op.route.endpoint(**kwargs)
+            if not isinstance(response, Response):
+                raise TypeError(f"{op.route.name} answered {type(response).__name__}")
         except Exception as exc:
             await self._answer_error(exc, scope, receive, send)
             return
-        if not isinstance(response, Response):
-            raise TypeError(f"{op.route.name} answered {type(response).__name__}, not a Response")
         await response(scope, receive, send)
+
+    def _telemetry_on(self) -> bool:
+        """Whether FastAPI's own OpenTelemetry is on (a provider configured): then FastAPI
+        serves every request, so that its spans and metrics cover them all. Looked up once
+        a second (it reads the providers and the environment)."""
+        enabled = self._telemetry_enabled
+        if enabled is None:
+            return False
+        now = time.monotonic()
+        if now >= self._telemetry_checked_at + 1.0:
+            self._telemetry_checked_at = now
+            self._telemetry = bool(enabled())
+        return self._telemetry
 
     def _parameters(self, op: _Operation, scope: Scope, path: list[str]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -284,18 +305,26 @@ class FastPath:
     async def _answer_error(
         self, exc: Exception, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """Answer as Starlette's ExceptionMiddleware would: the app's handler for the first
-        class of the error's MRO that has one; none (or ``Exception``'s, which is
-        ServerErrorMiddleware's): raised to ServerErrorMiddleware."""
+        """Answer as FastAPI's layers would: the app's handler for the first class of the
+        error's MRO that has one, as Starlette's ExceptionMiddleware looks it up; else, as
+        ServerErrorMiddleware does, the handler for ``Exception`` answers (a 500 problem)
+        and the error is raised on, for the server to log."""
         handlers = self.api.exception_handlers
+        handler = None
         for cls in type(exc).__mro__:
             if cls is Exception:
                 break
             handler = handlers.get(cls)
             if handler is not None:
-                response: Response = await handler(Request(scope, receive), exc)
-                await response(scope, receive, send)
-                return
+                break
+        if handler is not None:
+            response: Response = await handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
+            return
+        handler = handlers.get(500) or handlers.get(Exception)
+        if handler is not None:
+            response = await handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
         raise exc
 
 
