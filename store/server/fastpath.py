@@ -36,6 +36,7 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -59,6 +60,9 @@ class _Field:
     key: str  # where it is: the header (lower case) or query parameter name
     field: Any  # FastAPI's ModelField
     loc: tuple[str, ...]
+    #: a path, header or query value validated before, and its value (a turn's requests
+    #: carry the same turn id and epoch): validation is a function of the text alone
+    seen: dict[str, Any] = dc_field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -165,26 +169,29 @@ class FastPath:
         self._telemetry_enabled: Callable[[], bool] | None = getattr(telemetry, "enabled", None)
         self._telemetry = False
         self._telemetry_checked_at = -1e9
-        self.operations: dict[tuple[str, int], list[_Operation]] = {}
+        # (method, segments) -> the operations of that shape: the positions of their
+        # fixed segments, and the operation by those segments' text
+        self.shapes: dict[tuple[str, int], list[tuple[tuple[int, ...], dict[Any, _Operation]]]] = {}
         for route in routes:
             op = _operation(route)
             if op is not None:
-                key = (next(iter(route.methods)), len(op.segments))
-                self.operations.setdefault(key, []).append(op)
+                fixed = tuple(i for i, segment in enumerate(op.segments) if segment is not None)
+                shapes = self.shapes.setdefault((next(iter(route.methods)), len(op.segments)), [])
+                table = next((t for f, t in shapes if f == fixed), None)
+                if table is None:
+                    table = {}
+                    shapes.append((fixed, table))
+                table[tuple(op.segments[i] for i in fixed)] = op
 
     def _match(self, scope: Scope) -> tuple[_Operation, list[str]] | None:
         if scope.get("root_path"):
             return None
         parts = scope["path"].split("/")
-        for op in self.operations.get((scope["method"], len(parts)), ()):
-            values = []
-            for part, segment in zip(parts, op.segments, strict=True):
-                if segment is None:
-                    values.append(part)
-                elif part != segment:
-                    break
-            else:
-                return op, values
+        for fixed, table in self.shapes.get((scope["method"], len(parts)), ()):
+            op = table.get(tuple(parts[i] for i in fixed))
+            if op is not None:
+                return op, [p for p, segment in zip(parts, op.segments, strict=True)
+                            if segment is None]  # fmt: skip
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -247,7 +254,7 @@ class FastPath:
     def _parameters(self, op: _Operation, scope: Scope, path: list[str]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         for f, raw in zip(op.path, path, strict=True):
-            kwargs[f.name] = _valid(f, raw)
+            kwargs[f.name] = _valid_text(f, raw)
         if op.headers:
             found: dict[str, str] = {}
             wanted = {f.key for f in op.headers}
@@ -258,7 +265,7 @@ class FastPath:
                         raise _Fallback  # given twice
                     found[key] = value.decode("latin-1")
             for f in op.headers:
-                kwargs[f.name] = _valid(f, found[f.key]) if f.key in found else _missing(f)
+                kwargs[f.name] = _valid_text(f, found[f.key]) if f.key in found else _missing(f)
         query = scope.get("query_string", b"")
         if query:
             pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
@@ -269,7 +276,7 @@ class FastPath:
         else:
             given = {}
         for f in op.query:
-            kwargs[f.name] = _valid(f, given[f.key]) if f.key in given else _missing(f)
+            kwargs[f.name] = _valid_text(f, given[f.key]) if f.key in given else _missing(f)
         return kwargs
 
     @staticmethod
@@ -332,6 +339,21 @@ def _valid(f: _Field, raw: Any) -> Any:
     value, errors = f.field.validate(raw, {}, loc=f.loc)
     if errors:
         raise _Fallback
+    return value
+
+
+def _valid_text(f: _Field, raw: str) -> Any:
+    """``_valid`` for a parameter's text, remembered (a bounded number of texts)."""
+    seen = f.seen
+    try:
+        return seen[raw]
+    except KeyError:
+        pass
+    value = _valid(f, raw)
+    if isinstance(value, str | int | float | None):  # immutable: safe to hand out again
+        if len(seen) >= 4096:
+            seen.clear()
+        seen[raw] = value
     return value
 
 
