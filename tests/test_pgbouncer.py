@@ -38,13 +38,10 @@ from store.soak.pgserver import free_port
 
 from .conftest import PG_URL, Target, asyncpg_dsn
 from .helpers import assert_clean, count_rows, step, wait_until
+from .system_programs import debian_program
 from .test_plans import APPLY, _claim, _end, _step, unbounded
 from .test_unknown_outcomes import script_writes, steps_in_history
 
-PGBOUNCER_MISSING = (
-    "pgbouncer is not installed, so the PgBouncer tests cannot run: install it "
-    "(Debian: apt-get install pgbouncer; .ci/run does when it is missing)"
-)
 PROVIDERS = ("openai-chat", "openai-responses", "anthropic", "gemini")
 SHORT_LEASE = StoreConfig(lease_seconds=0.3, poll_max_seconds=0.02)
 
@@ -72,13 +69,6 @@ class Bouncer:
     def log(self) -> str:
         path = self.directory / "pgbouncer.log"
         return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _pgbouncer_program() -> str:
-    for found in (shutil.which("pgbouncer"), "/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"):
-        if found and os.access(found, os.X_OK):
-            return found
-    pytest.fail(PGBOUNCER_MISSING, pytrace=False)
 
 
 def _config(port: int, directory: Path) -> str:
@@ -121,7 +111,7 @@ def pgbouncer() -> Iterator[Bouncer]:
     as root (PgBouncer refuses root), stopped at the end of the module."""
     if PG_URL == "skip":
         pytest.skip("STORE_PG_URL=skip: PostgreSQL tests not run")
-    program = _pgbouncer_program()
+    program = debian_program("pgbouncer", "pgbouncer")
     server = make_url(PG_URL)
     directory = Path(tempfile.mkdtemp(prefix="turnstore-pgbouncer-"))
     port = free_port()
