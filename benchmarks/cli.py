@@ -12,6 +12,10 @@ includes what earlier systems left in the process).
 store serve`` in a process of its own, driven with httpx) beside the library in process
 (``store``), and prints the ratio of their steps/s.
 Exit status: 0 if every system ran, 1 if one failed, 2 for bad arguments.
+
+    python -m benchmarks [bench] profile PROBE [--db URL] [options]
+
+runs one of the profiling probes instead (``benchmarks.profile``: where a step's time goes).
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bench",
         description="Load benchmark of concurrent agent turns with double submits and "
         "interruptions, with an independent checker pass after each system.",
+        epilog="`bench profile PROBE` runs one of the profiling probes instead "
+        "(bench profile -h lists them).",
     )
     p.add_argument(
         "--db",
@@ -125,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in[:1] == ["bench"]:
         args_in = args_in[1:]
+    if args_in[:1] == ["profile"]:
+        from .profile import main as profile_main
+
+        return profile_main(args_in[1:], prog="bench profile")
     parser = build_parser()
     try:
         args = parser.parse_args(args_in)

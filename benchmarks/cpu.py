@@ -31,6 +31,14 @@ def _cpu_seconds(stat_path: str) -> float | None:
         return None
 
 
+def backend_cpu_seconds(pid: int) -> float:
+    """CPU time of a database backend on this machine (the profiling probes')."""
+    seconds = _cpu_seconds(f"/proc/{pid}/schedstat")
+    if seconds is None:
+        raise RuntimeError(f"no process {pid} on this machine: the server must run here")
+    return seconds
+
+
 def process_cpu_seconds() -> float:
     """CPU time of every thread of this process."""
     tasks = os.listdir("/proc/self/task")

@@ -42,12 +42,12 @@ bench preload-1k --db "$PG" --systems store,raw "${LOAD[@]}" --duration 10 --pre
 bench preload-1m --db "$PG" --systems store,raw "${LOAD[@]}" --duration 10 --preload 1000000
 # 5. cost growth with the turns of one conversation (both databases)
 for db in "$PG" "sqlite:///$TMP/growth.db"; do
-    .venv/bin/python -m benchmarks.turn_growth --db "$db"
+    .venv/bin/python -m benchmarks.profile turn-growth --db "$db"
 done | tee "$OUT/turn-growth.txt"
 # 6. steps/s against the number of workers
 bench sweep --db "$PG" "${LOAD[@]}" --duration 10 --sweep --chart "$OUT/sweep.png"
 # 7. backend CPU per step, and what each check of the schema costs of it
-.venv/bin/python -m benchmarks.db_cost --db "$PG" | tee "$OUT/db-cost.txt"
+.venv/bin/python -m benchmarks.profile db-cost --db "$PG" | tee "$OUT/db-cost.txt"
 # 8. what one statement's set-up costs on turnstore's tables, against the rows it writes
-.venv/bin/python -m benchmarks.statement_cost --db "$PG" | tee "$OUT/statement-cost.txt"
+.venv/bin/python -m benchmarks.profile statement-cost --db "$PG" | tee "$OUT/statement-cost.txt"
 rm -rf "$TMP"

@@ -179,7 +179,11 @@ def build_parser(prog: str = "python -m store") -> argparse.ArgumentParser:
     sub.add_parser(
         "replay", help="print a provider request built from a stored conversation (replay -h)"
     )
-    sub.add_parser("bench", help="the load benchmark against the baselines, in a clone (bench -h)")
+    sub.add_parser(
+        "bench",
+        help="the load benchmark against the baselines, in a clone (bench -h); "
+        "its profiling probes: bench profile -h",
+    )
     return parser
 
 

@@ -1,7 +1,5 @@
-"""What one statement's set-up costs on turnstore's tables, against the rows it writes
-(PostgreSQL).
-
-    python -m benchmarks.statement_cost [--db URL] [--loops 2000] [--repeat 3]
+"""``statement-cost``: what one statement's set-up costs on turnstore's tables, against the
+rows it writes (PostgreSQL).
 
 PostgreSQL reads a table's CHECK constraints and generated columns back from their stored
 form and prepares them at every execution of a statement that writes the table, whatever
@@ -24,11 +22,9 @@ import argparse
 import statistics
 import time
 
-import anyio
 import asyncpg
 
-from .dbtarget import DEFAULT_DB, parse_db_url
-from .scratch import scratch_schema
+from .fixtures import postgres, scratch_connection
 
 TABLES = {
     "checks and generated columns": "(LIKE turnstore_messages INCLUDING ALL)",
@@ -89,7 +85,7 @@ async def measure(url: str, loops: int, repeat: int) -> dict[str, list[float]]:
     """µs per statement (INSERTs, by table and rows) and per turn row (UPDATEs), one value
     per repeat."""
     seen: dict[str, list[float]] = {}
-    async with scratch_schema(url, "statement_cost") as (conn, _schema):
+    async with scratch_connection(url, "statement_cost") as (conn, _schema):
         for n, definition in enumerate(TABLES.values()):
             await conn.execute(f"CREATE TABLE copy_{n} {definition}")
         await conn.execute(TURNS)
@@ -110,20 +106,16 @@ async def measure(url: str, loops: int, repeat: int) -> dict[str, list[float]]:
     return seen
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.statement_cost")
-    parser.add_argument("--db", default=DEFAULT_DB)
-    parser.add_argument("--loops", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args(argv)
-    if parse_db_url(args.db).backend != "postgres":
-        raise SystemExit("statement_cost measures PostgreSQL")
-    seen = anyio.run(measure, args.db, args.loops, args.repeat)
-    print(f"µs in the server, median of {args.repeat} runs (the runs in brackets):")
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loops", type=int, default=2000, help="statements a run")
+    p.add_argument("--repeat", type=int, default=3, help="runs")
+
+
+async def run(args: argparse.Namespace) -> list[str]:
+    postgres(args.db, "statement-cost")
+    seen = await measure(args.db, args.loops, args.repeat)
+    lines = [f"µs in the server, median of {args.repeat} runs (the runs in brackets):"]
     for label, values in seen.items():
         runs = ", ".join(f"{v:.1f}" for v in values)
-        print(f"  {label:58s} {statistics.median(values):7.1f}  ({runs})")
-
-
-if __name__ == "__main__":
-    main()
+        lines.append(f"  {label:58s} {statistics.median(values):7.1f}  ({runs})")
+    return lines

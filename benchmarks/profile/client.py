@@ -1,15 +1,14 @@
-"""The store's own Python cost per turn, with the database taken out.
+"""``client-cost``: the store's own Python cost per turn, with the database taken out.
 
-    python -m benchmarks.client_cost [--db URL] [--turns 3200] [--workers 32]
-
-Opens a real store (PostgreSQL, for its schema and its write path), then replaces the
+It opens a real store (PostgreSQL, for its schema and its write path), then replaces the
 function that sends a batch of writes with one that answers every write at once, as the
 database would have (a claim is claimed, a step or an end is written). W workers then run
-turns of the benchmark's workload (a user message, S steps of K calls with its HTML
-payloads, the end in the last step) through the public API: validation, encoding, group
-commit, the turn's bookkeeping and wake-ups all run; no byte goes to the server. It prints
-the CPU time of this process per turn and per step, less the cost of generating the
-workload itself (measured on its own first): what turnstore adds on the client side.
+turns of the load benchmark's workload (``benchmarks.workload``: a user message, S steps
+of K calls with its HTML payloads, the end in the last step) through the public API:
+validation, encoding, group commit, the turn's bookkeeping and wake-ups all run; no byte
+goes to the server. It reports the CPU time of this process per turn and per step, less
+the cost of generating the workload itself (measured on its own first): what turnstore
+adds on the client side.
 """
 
 from __future__ import annotations
@@ -17,20 +16,18 @@ from __future__ import annotations
 import argparse
 import random
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-import asyncpg
 
-from store import AssistantMessage, Store, StoreConfig, ToolResult
+from store import AssistantMessage, StoreConfig, ToolResult
 from store.backends.base import ClaimRequest
 
-from .adapters.store_adapter import _message, _results
-from .dbtarget import DEFAULT_DB, parse_db_url
-from .workload import PayloadPool, StepPlan, TurnFactory, WorkloadParams
+from ..adapters.store_adapter import _message, _results
+from ..workload import PayloadPool, StepPlan, TurnFactory, WorkloadParams
+from .fixtures import postgres, scratch_store
 
 
 class _Answers:
@@ -57,19 +54,13 @@ def _step(plan: StepPlan) -> tuple[AssistantMessage, list[ToolResult]]:
 
 
 async def measure(url: str, turns: int, workers: int) -> dict[str, float]:
-    target = parse_db_url(url)
-    if target.backend != "postgres" or target.asyncpg_dsn is None:
-        raise SystemExit("client_cost runs on PostgreSQL (its write path is the one taken out)")
-    schema = f"client_cost_{uuid.uuid4().hex[:8]}"
-    store = await Store.open(
-        target.sqlalchemy_url(schema),
-        schema=schema,
-        config=StoreConfig(busy_timeout=300, lease_seconds=60),
-    )
+    """``{"turns", "us_per_turn", "us_per_step"}``: the client's CPU, generation excluded."""
+    postgres(url, "client-cost")
     params = WorkloadParams()
     factory = TurnFactory(params, PayloadPool(params.seed))
     per_worker = max(1, turns // workers)
-    try:
+    config = StoreConfig(busy_timeout=300, lease_seconds=60)
+    async with scratch_store(url, "client_cost", config=config) as (store, _schema):
         store.backend._writes._apply = _Answers()  # type: ignore[attr-defined]
 
         def workload(rng: random.Random) -> list[Any]:
@@ -98,30 +89,19 @@ async def measure(url: str, turns: int, workers: int) -> dict[str, float]:
             for w in range(workers):
                 tg.start_soon(worker, w)
         total = time.process_time() - started
-    finally:
-        await store.close()
-        conn = await asyncpg.connect(target.asyncpg_dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
     n = per_worker * workers
     per_turn = (total - generating) / n * 1e6
     return {"turns": n, "us_per_turn": per_turn, "us_per_step": per_turn / params.steps}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.client_cost")
-    parser.add_argument("--db", default=DEFAULT_DB)
-    parser.add_argument("--turns", type=int, default=3200)
-    parser.add_argument("--workers", type=int, default=32)
-    args = parser.parse_args(argv)
-    r = anyio.run(measure, args.db, args.turns, args.workers)
-    print(
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--turns", type=int, default=3200)
+    p.add_argument("--workers", type=int, default=32)
+
+
+async def run(args: argparse.Namespace) -> list[str]:
+    r = await measure(args.db, args.turns, args.workers)
+    return [
         f"{r['turns']:.0f} turns: turnstore's client side costs {r['us_per_turn']:.0f} µs of "
         f"CPU a turn, {r['us_per_step']:.0f} µs a step (the workload's own generation excluded)"
-    )
-
-
-if __name__ == "__main__":
-    main()
+    ]

@@ -1,0 +1,7 @@
+"""``python -m benchmarks.profile PROBE ...``"""
+
+import sys
+
+from . import main
+
+sys.exit(main())
