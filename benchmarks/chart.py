@@ -11,8 +11,20 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-from .report import SHORT
 from .runner import BenchReport
+
+#: the checker's kinds of violation, as the legend names them
+SHORT = {
+    "orphan_results": "orphans",
+    "unanswered_calls": "unanswered",
+    "misplaced_results": "misplaced",
+    "duplicate_results": "dup results",
+    "duplicate_calls": "dup calls",
+    "duplicate_user_messages": "dup prompts",
+    "lost_steps": "lost steps",
+    "duplicated_steps": "dup steps",
+    "position_gaps": "gaps",
+}
 
 
 def draw_chart(report: BenchReport, path: Path) -> None:

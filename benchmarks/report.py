@@ -1,5 +1,5 @@
-"""The run's results as a rich table on the terminal and as JSON (``--json``); the PNG chart
-is ``benchmarks.chart``."""
+"""The run's results on the terminal (rich: ``benchmarks.table``'s results table, and the
+details) and as JSON (``--json``); the PNG chart is ``benchmarks.chart``."""
 
 from __future__ import annotations
 
@@ -10,20 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from . import table
 from .runner import BenchReport
 from .system_run import SystemResult
-
-SHORT = {
-    "orphan_results": "orphans",
-    "unanswered_calls": "unanswered",
-    "misplaced_results": "misplaced",
-    "duplicate_results": "dup results",
-    "duplicate_calls": "dup calls",
-    "duplicate_user_messages": "dup prompts",
-    "lost_steps": "lost steps",
-    "duplicated_steps": "dup steps",
-    "position_gaps": "gaps",
-}
 
 
 def report_json(report: BenchReport) -> dict[str, Any]:
@@ -31,19 +20,14 @@ def report_json(report: BenchReport) -> dict[str, Any]:
     "database"}}), ``"unique_steps"`` ({system: {"steps_per_s", "ratio_to_raw"}}: without
     the steps a double submit made twice), ``"turn_start"`` ({system: {"p50_ms",
     "p99_ms"}}: begin_turn until the turn may run) and ``"sweep"`` ({W: systems}) with --sweep."""
+    main = _group_json(report, report.main)
     out: dict[str, Any] = {
-        "params": report.params_json(),
+        "params": main["params"],
         "machine": report.machine,
-        "systems": {name: r.json_entry() for name, r in report.main.items()},
+        "systems": main["systems"],
     }
     out["cpu_us_per_step"] = {name: r.cpu_us_per_step for name, r in report.main.items()}
-    out["unique_steps"] = {
-        name: {
-            "steps_per_s": round(r.unique_steps_per_s, 3),
-            "ratio_to_raw": round(r.unique_ratio_to_raw, 3),
-        }
-        for name, r in report.main.items()
-    }
+    out["unique_steps"] = main["unique_steps"]
     out["turn_start"] = {
         name: {"p50_ms": round(r.p50_start_ms, 3), "p99_ms": round(r.p99_start_ms, 3)}
         for name, r in report.main.items()
@@ -60,39 +44,32 @@ def report_json(report: BenchReport) -> dict[str, Any]:
     return out
 
 
+def _group_json(report: BenchReport, group: dict[str, SystemResult]) -> dict[str, Any]:
+    """``{"params", "systems", "unique_steps"}`` of one group of results (one W)."""
+    return {
+        "params": report.params_json(),
+        "systems": {name: r.json_entry() for name, r in group.items()},
+        "unique_steps": {
+            name: {
+                "steps_per_s": round(r.unique_steps_per_s, 3),
+                "ratio_to_raw": round(r.unique_ratio_to_raw, 3),
+            }
+            for name, r in group.items()
+        },
+    }
+
+
 def write_json(report: BenchReport, path: Path) -> None:
     path.write_text(json.dumps(report_json(report), indent=2) + "\n")
 
 
-def violations_text(violations: dict[str, int]) -> str:
-    parts = [f"{SHORT.get(k, k)} {n}" for k, n in violations.items() if n]
-    return "\n".join(parts) if parts else "0"
-
-
-def _ms(x: float) -> str:
-    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
-
-
-def results_table(title: str, results: dict[str, SystemResult]) -> Table:
+def results_table(title: str, data: dict[str, Any]) -> Table:
+    """``table``'s rows, from one group's JSON (``_group_json``), on the terminal."""
     t = Table(title=title, title_justify="left")
-    for col in ("system", "steps/s", "turns/s", "p50 ms", "p99 ms", "p99 lock ms", "peak RSS MB"):
-        t.add_column(col, justify="left" if col == "system" else "right")
-    t.add_column("violations")
-    t.add_column("× raw", justify="right")
-    t.add_column("unique\n× raw", justify="right")
-    for name, r in results.items():
-        t.add_row(
-            name,
-            f"{r.steps_per_s:.0f}",
-            f"{r.turns_per_s:.0f}",
-            _ms(r.p50_ms),
-            _ms(r.p99_ms),
-            _ms(r.p99_lock_wait_ms) if r.lock_wait_reported else "n/a",
-            f"{r.peak_rss_mb:.0f}",
-            violations_text(r.violations),
-            f"{r.ratio_to_raw:.2f}" if r.ratio_to_raw else "-",
-            f"{r.unique_ratio_to_raw:.2f}" if r.unique_ratio_to_raw else "-",
-        )
+    for col in table.COLUMNS:
+        t.add_column(col, justify="left" if col in table.TEXT_COLUMNS else "right")
+    for cells in table.rows(data):
+        t.add_row(*cells)
     return t
 
 
@@ -121,7 +98,7 @@ def details_table(results: dict[str, SystemResult]) -> Table:
             str(c.get("double submits", 0)),
             str(c.get("duplicates refused", 0)),
             interrupts or "0",
-            f"{_ms(r.p50_start_ms)} / {_ms(r.p99_start_ms)}",
+            f"{table.ms(r.p50_start_ms)} / {table.ms(r.p99_start_ms)}",
             _cpu_text(r.cpu_us_per_step),
             "\n".join(notes) or "-",
         )
@@ -137,15 +114,11 @@ def _cpu_text(cpu: dict[str, float]) -> str:
 
 
 def print_report(report: BenchReport, console: Console) -> None:
-    p = report.config.params
-    head = (
-        f"{report.params_json()['backend']}  W={p.workers} C={p.conversations} S={p.steps} "
-        f"K={p.tool_calls}  double-submit {p.double_submit}  interrupt {p.interrupt}  "
-        f"think {p.think_ms} ms  preload {p.preload}  {p.duration:g} s per system"
-    )
+    head = table.load_text(report.params_json())
     for w, group in sorted(report.results.items()):
+        data = _group_json(report, group)
         title = head if not report.config.sweep else f"{head}  [sweep: W={w}]"
-        console.print(results_table(title, group))
+        console.print(results_table(title, data))
     console.print(
         "unique × raw: the ratio of steps/s without the steps that a double submit made "
         "twice (details: steps done twice); systems without idempotent submits run both copies"

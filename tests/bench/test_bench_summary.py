@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks import summary
+from benchmarks import summary, table
+from benchmarks.report import results_table
 
 PARAMS = {"backend": "postgres", "workers": 32, "conversations": 64, "steps": 2,
           "tool_calls": 3, "double_submit": 0.2, "interrupt": 0.1, "think_ms": 0.0,
@@ -72,3 +73,29 @@ def test_ratios_to_another_base(tmp_path: Path) -> None:
     assert "| store | 1.20 | 1.20 | 1.20–1.20 | 1.50 | 1.50–1.50 |" in lines
     with pytest.raises(ValueError, match="no agents-sdk in it"):
         summary.ratios([a], base="agents-sdk")
+
+
+def test_the_results_table_is_one_table_in_markdown_and_on_the_terminal(tmp_path: Path) -> None:
+    path = _run(tmp_path / "run.json", {"store": 900.0, "raw": 1000.0, "naive": 300.0},
+                {"store": 900.0, "raw": 800.0})  # fmt: skip
+    data = json.loads(path.read_text())
+    data["systems"]["naive"]["violations"] = {"orphan_results": 3, "lost_steps": 0,
+                                              "duplicate_user_messages": 2}  # fmt: skip
+    data["systems"]["raw"]["ratio_to_raw"] = 1.0
+    data["unique_steps"]["store"]["ratio_to_raw"] = 1.13
+    data["unique_steps"]["raw"]["ratio_to_raw"] = 1.0
+    data["params"]["lock_wait_unmeasured"] = ["store"]
+    path.write_text(json.dumps(data))
+    lines = summary.table(path).splitlines()
+    assert lines[0].startswith("**run** — postgres, W=32 C=64 S=2 K=3")
+    assert lines[2] == "| " + " | ".join(table.COLUMNS) + " |"
+    assert lines[4:] == [
+        "| store | 900 | 1 | 1.00 | 2.00 | n/a | 50 | 0 | - | 1.13 |",
+        "| raw | 1000 | 1 | 1.00 | 2.00 | 0.00 | 50 | 0 | 1.00 | 1.00 |",
+        "| naive | 300 | 1 | 1.00 | 2.00 | 0.00 | 50 "
+        "| orphan_results 3, duplicate_user_messages 2 | - | - |",
+    ]
+    rich = results_table("title", data)
+    assert [c.header for c in rich.columns] == list(table.COLUMNS)
+    cells = [[str(cell) for cell in column.cells] for column in rich.columns]
+    assert [list(row) for row in zip(*cells, strict=True)] == table.rows(data)
