@@ -11,21 +11,38 @@ from pathlib import Path
 
 import anyio
 
+from . import sql
+from .backends.base import MIGRATION_ATTEMPTS, MIGRATION_LOCK_TIMEOUT
 from .checker import check
 from .cli_errors import USAGE_ERROR, CommandError, describe, require_existing_sqlite
+from .schema_window import SchemaState
 from .store import DEFAULT_URL, make_backend
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    async def run() -> list[int]:
+    """Apply every missing migration (expand and contract), each in its own transaction
+    with a lock timeout; then say which code versions the schema serves."""
+
+    async def run() -> tuple[list[int], SchemaState, str]:
         backend = make_backend(args.db, schema=args.schema)
         try:
-            return await backend.migrate()
+            applied = []
+            if not args.status:
+                applied = await backend.migrate(
+                    lock_timeout=args.lock_timeout, attempts=args.attempts
+                )
+            return applied, await backend.schema_state(), backend.dialect
         finally:
             await backend.close()
 
-    applied = anyio.run(run)
-    print(f"applied migrations {applied}" if applied else "schema is up to date")
+    applied, state, dialect = anyio.run(run)
+    if not args.status:
+        print(f"applied migrations {applied}" if applied else "schema is up to date")
+    code = sql.code_version(dialect)
+    print(
+        f"schema version {state.version}, serves code of version {state.floor} or later; "
+        f"this turnstore is version {code}"
+    )
     return 0
 
 
@@ -124,8 +141,27 @@ def build_parser(prog: str = "python -m store") -> argparse.ArgumentParser:
         p.add_argument("--db", default=default, help=f"database URL (default {default})")
         p.add_argument("--schema", default=None, help="PostgreSQL schema (default: public)")
 
-    p = sub.add_parser("migrate", help="apply missing schema migrations")
+    p = sub.add_parser(
+        "migrate",
+        help="apply missing schema migrations (once per deploy, before the new code starts)",
+    )
     db_args(p)
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=MIGRATION_LOCK_TIMEOUT,
+        help="PostgreSQL: seconds a statement waits for a table's lock before the migration "
+        f"is rolled back and tried again (default {MIGRATION_LOCK_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--attempts",
+        type=int,
+        default=MIGRATION_ATTEMPTS,
+        help=f"tries of a migration that timed out on a lock (default {MIGRATION_ATTEMPTS})",
+    )
+    p.add_argument(
+        "--status", action="store_true", help="apply nothing: print the schema's version"
+    )
     p.set_defaults(run=_migrate)
 
     p = sub.add_parser("check", help="scan a database for invariant violations; exit 1 if any")

@@ -85,6 +85,24 @@ class SchemaError(StoreError):
     Run ``python -m store migrate --db URL`` (or ``await store.migrate()``)."""
 
 
+class SchemaTooOld(SchemaError):
+    """The database lacks migrations this code needs. Run ``python -m store migrate --db
+    URL`` (the release's expand migrations), then start this code."""
+
+
+class SchemaTooNew(SchemaError):
+    """The database was migrated past what this code runs against: a contract migration
+    removed something this code's version uses. Run a newer turnstore release (at least
+    the version the message names); the database cannot be migrated back."""
+
+
+class MigrationBlocked(SchemaError):
+    """A migration could not take the lock it needs within ``lock_timeout`` in any of its
+    attempts: long transactions held the table. Nothing of that migration was applied
+    (the earlier ones were). Run ``python -m store migrate`` again in a quieter moment, or
+    with a longer ``--lock-timeout``."""
+
+
 class IntegrityViolation(StoreError):
     """The database refused a write because it would break an invariant (pairing, dense
     positions, one running turn). The write was rolled back; nothing was committed."""

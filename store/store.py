@@ -17,14 +17,23 @@ import anyio
 from sqlalchemy.engine import URL, make_url
 
 from . import claim, telemetry
-from .backends.base import DEFAULT_RETRY_SECONDS, Backend, ClaimRow, TurnEnd, Tx
+from .backends.base import (
+    DEFAULT_RETRY_SECONDS,
+    MIGRATION_ATTEMPTS,
+    MIGRATION_LOCK_TIMEOUT,
+    Backend,
+    ClaimRow,
+    TurnEnd,
+    Tx,
+)
 from .erase import Erased, erase
-from .errors import SchemaError, StoreUnavailable, TurnNotFound
+from .errors import StoreUnavailable, TurnNotFound
 from .history import as_datetime, read_history, read_replay_rows
 from .messages import Content, Limits, StoredMessage
 from .replay.fast import replay_rows
 from .replay.pairing import Unanswered
 from .replay.repair import Repair
+from .schema_window import check_window
 from .turn import TERMINAL, Turn, TurnOutcome
 from .wakeups import LocalWakeups
 
@@ -106,8 +115,15 @@ class Store:
         sqlite_synchronous: str = "FULL",
     ) -> _Opening:
         """Open a store. ``migrate`` applies missing migrations first (safe when several
-        processes start at once). ``schema`` (PostgreSQL) keeps the tables in that schema.
-        ``sqlite_synchronous`` is FULL by default: a committed step survives power loss."""
+        processes start at once): on SQLite all of them, on PostgreSQL those this code
+        needs (never a contract migration, which removes what older code may still use:
+        ``python -m store migrate`` applies those, once per deploy). Either way the
+        database's schema must be in this code's compatibility window
+        (``store.schema_window``), else ``SchemaTooOld`` or ``SchemaTooNew``. In
+        production on PostgreSQL, migrate with ``python -m store migrate --db URL`` once per
+        deploy and open with ``migrate=False`` (docs/operations.md, Migrations and deploys).
+        ``schema`` (PostgreSQL) keeps the tables in that schema. ``sqlite_synchronous`` is
+        FULL by default: a committed step survives power loss."""
         return _Opening(
             url,
             migrate=migrate,
@@ -118,9 +134,17 @@ class Store:
             sqlite_synchronous=sqlite_synchronous,
         )
 
-    async def migrate(self) -> list[int]:
-        """Apply missing migrations in order; return the versions applied."""
-        return await self.backend.migrate()
+    async def migrate(
+        self,
+        *,
+        lock_timeout: float = MIGRATION_LOCK_TIMEOUT,
+        attempts: int = MIGRATION_ATTEMPTS,
+    ) -> list[int]:
+        """Apply every missing migration in order, contract ones included (what
+        ``python -m store migrate`` does); return the versions applied. On PostgreSQL a
+        statement waits at most ``lock_timeout`` seconds for a table's lock, and a migration
+        that timed out is tried again, ``attempts`` times in all (``MigrationBlocked``)."""
+        return await self.backend.migrate(lock_timeout=lock_timeout, attempts=attempts)
 
     async def close(self) -> None:
         await self.backend.close()
@@ -404,9 +428,8 @@ class _Opening:
         store = Store(backend, options["config"])
         try:
             if options["migrate"]:
-                await backend.migrate()
-            else:
-                await check_schema(backend)
+                await migrate_for_open(backend)
+            await check_schema(backend)
         except Exception as exc:
             await backend.close()
             if backend.failure(exc) is not None:
@@ -466,13 +489,24 @@ def make_backend(
     )
 
 
-async def check_schema(backend: Backend) -> None:
+async def migrate_for_open(backend: Backend) -> None:
+    """``Store.open(migrate=True)``: read the schema's state (no lock), and migrate only if
+    something is missing: on SQLite every migration, on PostgreSQL up to the version this
+    code needs (``sql.needed_version``: trailing contract migrations are left to
+    ``python -m store migrate``). Checksums recorded as missing are filled in."""
     from . import sql
 
-    expected = [m.version for m in sql.migrations(backend.dialect)]
-    applied = await backend.applied_versions()
-    if applied != expected:
-        raise SchemaError(
-            f"the database has schema versions {applied}, this library needs {expected}; "
-            "run `python -m store migrate --db URL`"
-        )
+    state = await backend.schema_state()
+    known = {m.version for m in sql.migrations(backend.dialect)}
+    unadopted = any(state.checksums.get(v) is None for v in state.versions if v in known)
+    upto = sql.code_version(backend.dialect)
+    if backend.dialect == "postgres":
+        upto = sql.needed_version(backend.dialect)
+    if state.version < upto or unadopted:
+        await backend.migrate(upto=upto)
+
+
+async def check_schema(backend: Backend) -> None:
+    """Raise ``SchemaError`` (``SchemaTooOld``, ``SchemaTooNew``) unless this code runs
+    against the database's schema (``store.schema_window``)."""
+    check_window(backend.dialect, await backend.schema_state())

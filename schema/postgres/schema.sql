@@ -510,7 +510,8 @@ CREATE TABLE turnstore_migrations (
     version integer NOT NULL,
     name text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL,
-    checksum text
+    checksum text,
+    code_from integer
 );
 
 CREATE TABLE turnstore_session_marks (

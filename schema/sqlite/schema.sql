@@ -74,7 +74,7 @@ CREATE TABLE turnstore_migrations (
     version    INTEGER PRIMARY KEY,
     name       TEXT    NOT NULL,
     applied_at REAL    NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
-, checksum TEXT);
+, checksum TEXT, code_from INTEGER);
 
 CREATE TABLE turnstore_session_marks (
     conversation_id TEXT    NOT NULL REFERENCES turnstore_conversations (id),

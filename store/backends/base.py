@@ -26,6 +26,8 @@ from sqlalchemy.sql.elements import TextClause
 from .. import sql
 from ..errors import IntegrityViolation, OutcomeUnknown, StoreUnavailable, WriteNotApplied
 from ..messages import EncodedStep
+from ..schema_window import SchemaState
+from ..sql import Migration
 
 
 def lock_key(namespace: str, conversation_id: str) -> int:
@@ -36,6 +38,13 @@ def lock_key(namespace: str, conversation_id: str) -> int:
 
 
 T = TypeVar("T")
+
+#: How long a migration statement waits for a table's lock before it gives up (and the
+#: migration is retried): long enough for a hot table's short transactions to finish,
+#: short enough that the writes queued behind the waiting migration barely notice.
+MIGRATION_LOCK_TIMEOUT = 5.0
+#: How many times a migration that timed out on a lock is tried before MigrationBlocked.
+MIGRATION_ATTEMPTS = 5
 log = logging.getLogger("turnstore")
 
 Failure = Literal["not_sent", "unknown"]
@@ -433,12 +442,26 @@ class Backend(ABC):
         return await self.transaction(end.conversation_id, work)
 
     @abstractmethod
-    async def migrate(self) -> list[int]:
-        """Apply the missing migrations in order, under a lock; return the versions applied."""
+    async def migrate(
+        self,
+        *,
+        upto: int | None = None,
+        known: Sequence[Migration] | None = None,
+        lock_timeout: float = MIGRATION_LOCK_TIMEOUT,
+        attempts: int = MIGRATION_ATTEMPTS,
+    ) -> list[int]:
+        """Apply the missing migrations in order (``known``: by default this code's; up to
+        version ``upto``), under a lock; return the versions applied. On PostgreSQL each
+        migration waits at most ``lock_timeout`` seconds for a table's lock, and is tried
+        ``attempts`` times before ``MigrationBlocked``."""
 
     @abstractmethod
     async def applied_versions(self) -> list[int]:
         """The migration versions recorded in the database (empty if none)."""
+
+    @abstractmethod
+    async def schema_state(self) -> SchemaState:
+        """What the database's migrations table says (read only: no lock, no DDL)."""
 
     def is_connection_error(self, exc: BaseException) -> bool:
         """True when the connection broke, so that a write's outcome is unknown."""

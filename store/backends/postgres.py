@@ -30,7 +30,11 @@ from sqlalchemy.sql.elements import TextClause
 
 from .. import sql
 from ..group_commit import GroupCommit
+from ..schema_window import SchemaState, from_rows
+from . import postgres_migrate
 from .base import (
+    MIGRATION_ATTEMPTS,
+    MIGRATION_LOCK_TIMEOUT,
     Backend,
     ClaimRequest,
     ClaimRow,
@@ -52,12 +56,6 @@ Write = ClaimRequest | StepWrite | TurnEnd
 _APPLY = "SELECT * FROM turnstore_apply($1::turnstore_write[])"
 IDLE_IN_TRANSACTION_TIMEOUT = "10s"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS turnstore_migrations (
-    version    integer     PRIMARY KEY,
-    name       text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)"""
 
 
 def server_settings(schema: str | None) -> dict[str, str]:
@@ -364,71 +362,52 @@ class PostgresBackend(Backend):
         raise ValueError(refused)
 
     async def _applied_versions(self) -> list[int]:
-        async with self.engine.connect() as conn:
-            exists = await conn.scalar(text("SELECT to_regclass('turnstore_migrations')"))
-            if exists is None:
-                return []
-            rows = await conn.execute(text("SELECT version FROM turnstore_migrations"))
-            return sorted(r[0] for r in rows)
+        return list((await self._schema_state()).versions)
 
-    async def migrate(self) -> list[int]:
+    async def schema_state(self) -> SchemaState:
         try:
-            return await self._migrate()
+            return await self._schema_state()
         except Exception as exc:
             refused = _refused_parameter(exc, self.pgbouncer)
             if refused is None:
                 raise
         raise ValueError(refused)  # outside the handler, as in applied_versions
 
-    async def _migrate(self) -> list[int]:
-        applied: list[int] = []
+    async def _schema_state(self) -> SchemaState:
+        # through SQLAlchemy's connection: it reads in a transaction, whose BEGIN carries
+        # the search path behind PgBouncer
         async with self.engine.connect() as conn:
-            driver = await self._driver(conn)
-            async with driver.transaction():
-                # One migrator at a time, across processes and hosts.
-                await driver.execute(
-                    "SELECT pg_advisory_xact_lock($1)", lock_key(self.namespace, "migrations")
+            exists = await conn.scalar(text("SELECT to_regclass('turnstore_migrations')"))
+            if exists is None:
+                return SchemaState()
+            rows = await conn.execute(text("SELECT * FROM turnstore_migrations"))
+            return from_rows([dict(r._mapping) for r in rows])
+
+    async def migrate(
+        self,
+        *,
+        upto: int | None = None,
+        known: Sequence[sql.Migration] | None = None,
+        lock_timeout: float = MIGRATION_LOCK_TIMEOUT,
+        attempts: int = MIGRATION_ATTEMPTS,
+    ) -> list[int]:
+        try:
+            async with self.engine.connect() as conn:
+                return await postgres_migrate.migrate(
+                    await self._driver(conn),
+                    schema=self.schema,
+                    lock=lock_key(self.namespace, "migrations"),
+                    pgbouncer=self.pgbouncer,
+                    known=tuple(known if known is not None else sql.migrations(self.dialect)),
+                    upto=upto,
+                    lock_timeout=lock_timeout,
+                    attempts=attempts,
                 )
-                # Whether the schema exists, read from pg_namespace itself: a migrator that
-                # waited for the lock above may hold a stale "no such schema" in its
-                # catalog cache (a wait for an advisory lock does not refresh it), and
-                # would try to create the schema the other migrator just created. Seen
-                # behind PgBouncer, where a server connection serves many clients.
-                if self.schema is not None and not await driver.fetchval(
-                    "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-                    self.schema,
-                ):
-                    await driver.execute(f'CREATE SCHEMA "{self.schema}"')
-                await driver.execute(_MIGRATIONS_TABLE)
-                await driver.execute(
-                    "ALTER TABLE turnstore_migrations ADD COLUMN IF NOT EXISTS checksum text"
-                )
-                done = {
-                    r[0]: r[1]
-                    for r in await driver.fetch(
-                        "SELECT version, checksum FROM turnstore_migrations"
-                    )
-                }
-                for migration in sql.check_recorded(self.dialect, done):
-                    await driver.execute(
-                        "UPDATE turnstore_migrations SET checksum = $2 WHERE version = $1",
-                        migration.version,
-                        migration.checksum,
-                    )
-                for migration in sql.migrations(self.dialect):
-                    if migration.version in done:
-                        continue
-                    if migration.has_statements:
-                        await driver.execute(migration.sql)
-                    await driver.execute(
-                        "INSERT INTO turnstore_migrations (version, name, checksum) "
-                        "VALUES ($1, $2, $3)",
-                        migration.version,
-                        migration.name,
-                        migration.checksum,
-                    )
-                    applied.append(migration.version)
-        return applied
+        except Exception as exc:
+            refused = _refused_parameter(exc, self.pgbouncer)
+            if refused is None:
+                raise
+        raise ValueError(refused)  # outside the handler, as in applied_versions
 
     def is_connection_error(self, exc: BaseException) -> bool:
         # InternalClientError: asyncpg reports a pooled connection that the server terminated

@@ -29,7 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .. import sql
 from ..group_commit import GroupCommit
-from .base import Backend, Tx, TxWork
+from ..schema_window import SchemaState, from_rows
+from .base import MIGRATION_ATTEMPTS, MIGRATION_LOCK_TIMEOUT, Backend, Tx, TxWork
 from .sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
 
 T = TypeVar("T")
@@ -41,6 +42,8 @@ CREATE TABLE IF NOT EXISTS turnstore_migrations (
     name       TEXT    NOT NULL,
     applied_at REAL    NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
 )"""
+#: Columns later runners added to the migrations table (older databases lack them).
+_BOOKKEEPING_COLUMNS = {"checksum": "TEXT", "code_from": "INTEGER"}
 
 
 def _configure(execute: Callable[[str], Any], synchronous: str, busy_timeout: float) -> None:
@@ -215,45 +218,61 @@ class SqliteBackend(Backend):
         await super().close()
 
     async def applied_versions(self) -> list[int]:
+        return list((await self.schema_state()).versions)
+
+    async def schema_state(self) -> SchemaState:
         async with self.engine.connect() as conn:
             exists = await conn.scalar(
                 text("SELECT 1 FROM sqlite_master WHERE name = 'turnstore_migrations'")
             )
             if not exists:
-                return []
-            rows = await conn.execute(text("SELECT version FROM turnstore_migrations"))
-            return sorted(r[0] for r in rows)
+                return SchemaState()
+            rows = await conn.execute(text("SELECT * FROM turnstore_migrations"))
+            return from_rows([dict(r._mapping) for r in rows])
 
-    async def migrate(self) -> list[int]:
+    async def migrate(
+        self,
+        *,
+        upto: int | None = None,
+        known: Sequence[sql.Migration] | None = None,
+        lock_timeout: float = MIGRATION_LOCK_TIMEOUT,
+        attempts: int = MIGRATION_ATTEMPTS,
+    ) -> list[int]:
+        """All missing migrations in one ``BEGIN IMMEDIATE`` transaction: SQLite has one
+        writer at a time anyway, and its busy timeout (not ``lock_timeout``) bounds the
+        wait for it. ``-- turnstore: no-transaction`` means nothing here."""
+        known = tuple(known if known is not None else sql.migrations(self.dialect))
         applied: list[int] = []
         async with self._write_engine.begin() as conn:
             await conn.exec_driver_sql(_MIGRATIONS_TABLE)
             columns = {
                 r[1] for r in await conn.exec_driver_sql("PRAGMA table_info(turnstore_migrations)")
             }
-            if "checksum" not in columns:
-                await conn.exec_driver_sql(
-                    "ALTER TABLE turnstore_migrations ADD COLUMN checksum TEXT"
-                )
+            for column, kind in _BOOKKEEPING_COLUMNS.items():
+                if column not in columns:
+                    await conn.exec_driver_sql(
+                        f"ALTER TABLE turnstore_migrations ADD COLUMN {column} {kind}"
+                    )
             done = {
                 r[0]: r[1]
                 for r in await conn.exec_driver_sql(
                     "SELECT version, checksum FROM turnstore_migrations"
                 )
             }
-            for migration in sql.check_recorded(self.dialect, done):
+            for migration in sql.check_recorded(self.dialect, done, known):
                 await conn.exec_driver_sql(
                     "UPDATE turnstore_migrations SET checksum = ? WHERE version = ?",
                     (migration.checksum, migration.version),
                 )
-            for migration in sql.migrations(self.dialect):
-                if migration.version in done:
+            for migration in known:
+                if migration.version in done or (upto is not None and migration.version > upto):
                     continue
                 for statement in split_statements(migration.sql):
                     await conn.exec_driver_sql(statement)
                 await conn.exec_driver_sql(
-                    "INSERT INTO turnstore_migrations (version, name, checksum) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, migration.checksum),
+                    "INSERT INTO turnstore_migrations (version, name, checksum, code_from) "
+                    "VALUES (?, ?, ?, ?)",
+                    (migration.version, migration.name, migration.checksum, migration.code_from),
                 )
                 applied.append(migration.version)
         return applied
