@@ -3,7 +3,10 @@
 * One migrator at a time: an advisory lock on the schema's migration key, taken in each
   migration's own transaction (``pg_advisory_xact_lock``), or for a migration that runs
   outside a transaction for as long as it runs (``pg_advisory_lock``). Each migrator
-  reads again, under the lock, whether the version is still missing.
+  reads again, under the lock, whether the version is still missing. A migrator waits
+  for the lock by polling (``pg_try_advisory_*``), never inside a statement: a statement
+  waiting for the lock holds a snapshot, for which another migrator's ``CREATE INDEX
+  CONCURRENTLY`` waits in turn (a deadlock, seen with four migrators at once).
 * One transaction per migration, not one for all: a migration's locks are released when
   it commits, and a failure leaves the database at the last version that completed.
 * ``lock_timeout``: a statement that cannot get its table's lock within the timeout gives
@@ -12,7 +15,8 @@
   back and tried again after a jittered pause, up to ``attempts`` times, then
   ``MigrationBlocked``.
 * ``-- turnstore: no-transaction`` migrations (``CREATE INDEX CONCURRENTLY``) run statement
-  by statement in autocommit, each idempotent (``IF NOT EXISTS`` / ``IF EXISTS``, which
+  by statement in autocommit, without ``lock_timeout`` (their locks block no read or
+  write), each idempotent (``IF NOT EXISTS`` / ``IF EXISTS``, which
   tests/test_migration_lint.py requires). A concurrent build that failed (a timeout, a
   duplicate key, a killed migrator) leaves an INVALID index behind: it is dropped and
   built again, and the version is recorded only once every index it built is valid.
@@ -20,9 +24,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -98,8 +104,7 @@ async def _prepare(
 ) -> set[int]:
     """The schema and the migrations table (with every bookkeeping column), the checksums
     of versions applied before they were recorded; returns the versions applied."""
-    async with driver.transaction():
-        await driver.execute("SELECT pg_advisory_xact_lock($1)", lock)
+    async with _locked_transaction(driver, lock):
         # Whether the schema exists, read from pg_namespace itself: a migrator that waited
         # for the lock above may hold a stale "no such schema" in its catalog cache (a wait
         # for an advisory lock does not refresh it), and would try to create the schema
@@ -140,8 +145,7 @@ async def _in_transaction(
 ) -> bool:
     for attempt in range(1, attempts + 1):
         try:
-            async with driver.transaction():
-                await driver.execute("SELECT pg_advisory_xact_lock($1)", lock)
+            async with _locked_transaction(driver, lock):
                 if await driver.fetchval(_IS_RECORDED, migration.version):
                     return False  # another migrator applied it while this one waited
                 # after the advisory lock: waiting for another migrator is not a timeout
@@ -165,17 +169,20 @@ async def _outside_transaction(
     # A session lock, held across the statements' own transactions: no other migrator
     # runs meanwhile, so an INVALID index found here is a failed build, not one in progress
     # (the session of a migrator that died mid-build holds the lock until it ends).
-    await driver.execute("SELECT pg_advisory_lock($1)", lock)
+    pause = _Pause()
+    while not await driver.fetchval("SELECT pg_try_advisory_lock($1)", lock):
+        await pause.wait()
     try:
         if await driver.fetchval(_IS_RECORDED, migration.version):
             return False
-        await driver.execute(f"SET lock_timeout = {_ms(lock_timeout)}")
-        try:
-            for statement in sql.split_postgres(migration.sql):
-                await _run_idempotent(driver, migration, statement, lock_timeout, attempts)
-            await _record(driver, migration)
-        finally:
-            await driver.execute("RESET lock_timeout")
+        # No lock_timeout here: a concurrent build's lock (SHARE UPDATE EXCLUSIVE) lets
+        # reads and writes through, waiting or held, and its waits for older transactions
+        # to finish are part of building without blocking them; a timeout would only
+        # leave INVALID indexes behind. (A lock_timeout the server sets still applies,
+        # and a statement it stops is tried again.)
+        for statement in sql.split_postgres(migration.sql):
+            await _run_idempotent(driver, migration, statement, lock_timeout, attempts)
+        await _record(driver, migration)
         return True
     finally:
         await driver.execute("SELECT pg_advisory_unlock($1)", lock)
@@ -202,6 +209,44 @@ async def _run_idempotent(
             return
         except asyncpg.LockNotAvailableError as exc:
             await _pause_or_give_up(migration, attempt, attempts, lock_timeout, exc)
+
+
+class _Pause:
+    """Growing, jittered pauses between polls of a lock another migrator holds."""
+
+    def __init__(self) -> None:
+        self._seconds = 0.02
+
+    async def wait(self) -> None:
+        await anyio.sleep(random.uniform(0.5, 1.0) * self._seconds)
+        self._seconds = min(self._seconds * 2, 0.5)
+
+
+@asynccontextmanager
+async def _locked_transaction(driver: asyncpg.Connection, lock: int) -> AsyncIterator[None]:
+    """A transaction holding the migration lock (``pg_try_advisory_xact_lock``, polled: a
+    transaction that did not get it rolls back and waits outside, holding nothing)."""
+    pause = _Pause()
+    while True:
+        transaction = driver.transaction()
+        await transaction.start()
+        try:
+            got = await driver.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock)
+        except BaseException:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                await transaction.rollback()
+            raise
+        if got:
+            break
+        await transaction.rollback()
+        await pause.wait()
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(asyncpg.InterfaceError):
+            await transaction.rollback()
+        raise
+    await transaction.commit()
 
 
 async def _is_valid(driver: asyncpg.Connection, name: str) -> bool | None:
