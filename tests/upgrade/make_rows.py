@@ -3,8 +3,9 @@ into a database at every earlier schema version before migrating it to the curre
 
 It was made with turnstore at schema version 11 through its API (SQLite), then every
 table's rows dumped, in the columns that version 1 already had (plus, for the tables of
-versions 10 and 11, theirs). Times are unix seconds. Run ``python -m tests.upgrade.make_rows``
-only to add to it: the data is meant to stay what turnstore of its time wrote.
+versions 10 and 11, theirs). Times are unix seconds, moved back to ``EPOCH``. Run
+``python -m tests.upgrade.make_rows`` only to add to it: the data is meant to stay what
+turnstore of its time wrote.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
 #: Columns holding JSON, and times
 JSON_COLUMNS = {"content", "tool_arguments", "tool_call_data"}
 TIME_COLUMNS = {"lease_expires_at", "started_at", "ended_at"}
+#: When the fixture's times start (unix seconds: 2023-11-14)
+EPOCH = 1_700_000_000
 #: Table order for inserting (parents first) and the order rows are compared in
 KEYS = {
     "turnstore_conversations": ("id",),
@@ -109,6 +112,14 @@ def main() -> None:
         path = f"{tmp}/fixture.db"
         anyio.run(_write, f"sqlite+aiosqlite:///{path}")
         rows = _dump(path)
+    # times moved back to November 2023, keeping their order and spacing: the abandoned
+    # turn's lease has then run out whatever the clock of the machine that runs the tests
+    times = [r[c] for r in rows["turnstore_turns"] for c in TIME_COLUMNS if r[c] is not None]
+    shift = EPOCH - min(times)
+    for row in rows["turnstore_turns"]:
+        for column in TIME_COLUMNS:
+            if row[column] is not None:
+                row[column] = round(row[column] + shift, 6)
     # a session's clear mark and one of its writes (version 10): raw rows, as the session
     # integration writes them
     rows["turnstore_session_marks"] = [
