@@ -22,6 +22,8 @@ from .store import DEFAULT_URL, make_backend
 def _migrate(args: argparse.Namespace) -> int:
     """Apply every missing migration (expand and contract), each in its own transaction
     with a lock timeout; then say which code versions the schema serves."""
+    if args.status:
+        require_existing_sqlite(args.db)  # --status reads: it creates no database file
 
     async def run() -> tuple[list[int], SchemaState, str]:
         backend = make_backend(args.db, schema=args.schema)

@@ -8,10 +8,12 @@ the test says so."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from store import SchemaError, SchemaTooNew, SchemaTooOld, sql
+from store.cli import main
 from store.schema_window import SchemaState, check_window
 from store.store import make_backend
 
@@ -135,3 +137,20 @@ async def test_migrate_true_on_postgresql_leaves_contract_migrations_to_the_comm
         await turn.finish("hi")
     finally:
         await store.close()
+
+
+def test_the_migrate_command_says_which_code_the_schema_serves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    assert main(["migrate", "--db", url, "--status"]) == 2  # reads: creates no file
+    assert not (tmp_path / "cli.db").exists()
+    assert main(["migrate", "--db", url, "--lock-timeout", "1", "--attempts", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"applied migrations {list(range(1, CODE + 1))}",
+        f"schema version {CODE}, serves code of version {CODE} or later; "
+        f"this turnstore is version {CODE}",
+    ]
+    assert main(["migrate", "--db", url, "--status"]) == 0
+    assert capsys.readouterr().out.splitlines() == out[1:]
