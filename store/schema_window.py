@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import sql
 from .errors import SchemaError, SchemaTooNew, SchemaTooOld
@@ -44,21 +45,23 @@ class SchemaState:
         """The oldest code version this database serves. A baseline version (up to
         ``sql.BASELINE``) serves only its own code even where an older migrator recorded
         nothing; a later version counts with what it recorded (an expand one, nothing)."""
-        floors = [
-            recorded if recorded is not None else (v if v <= sql.BASELINE else 0)
-            for v in self.versions
-            for recorded in [self.code_from.get(v)]
-        ]
-        return max(floors, default=0)
+        floor = 0
+        for version in self.versions:
+            recorded = self.code_from.get(version)
+            if recorded is None and version <= sql.BASELINE:
+                recorded = version
+            floor = max(floor, recorded or 0)
+        return floor
 
 
-def from_rows(rows: Sequence[Mapping[str, object]]) -> SchemaState:
+def from_rows(rows: Sequence[Mapping[str, Any]]) -> SchemaState:
     """A state from ``SELECT * FROM turnstore_migrations`` rows (as mappings); a column
     that an older migrator never added reads as None."""
-    versions = sorted(int(r["version"]) for r in rows)  # type: ignore[call-overload]
-    checksums = {int(r["version"]): r.get("checksum") for r in rows}  # type: ignore[call-overload]
-    code_from = {int(r["version"]): r.get("code_from") for r in rows}  # type: ignore[call-overload]
-    return SchemaState(tuple(versions), checksums, code_from)  # type: ignore[arg-type]
+    return SchemaState(
+        tuple(sorted(int(r["version"]) for r in rows)),
+        {int(r["version"]): r.get("checksum") for r in rows},
+        {int(r["version"]): r.get("code_from") for r in rows},
+    )
 
 
 def check_window(
