@@ -261,7 +261,8 @@ async def _decide(
         return await store.backend.transaction(submit.conversation_id, decide, linger=wait)
 
     with anyio.CancelScope(shield=True):
-        return await store.backend.retrying(attempt)
+        decision = await store.backend.retrying(attempt)
+    return decision
 
 
 def _as_duplicate(decision: Decision) -> Duplicate | None:

@@ -243,7 +243,8 @@ def _bench(rest: list[str]) -> int:
         raise CommandError(
             f"the benchmark needs {exc.name!r}: run `pip install -e '.[bench]'` in the clone"
         ) from exc
-    return bench_main(rest)
+    code: int = bench_main(rest)  # the benchmark is not type-checked with the library
+    return code
 
 
 #: Subcommands with a parser of their own: their arguments are passed on as they are.

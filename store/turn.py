@@ -258,6 +258,7 @@ class Turn:
         """Renew the lease every ``heartbeat_seconds`` until cancelled or the turn ends.
         ``Store.turn`` runs this in the background for you."""
         interval = self._store.config.heartbeat_seconds
+        assert interval is not None  # StoreConfig fills its default in
         while True:
             await anyio.sleep(interval)
             try:

@@ -11,7 +11,15 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -335,7 +343,7 @@ class Ended:
 
 
 HandOver = Callable[["Tx", TurnEnd], Awaitable[ClaimRow | None]]
-TxWork = Callable[["Tx"], Awaitable[T]]
+TxWork = Callable[["Tx"], Coroutine[Any, Any, T]]
 
 
 async def commit_step_in(tx: Tx, step: StepWrite) -> str | None:

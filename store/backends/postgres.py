@@ -18,10 +18,11 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import anyio
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import URL, make_url
@@ -130,7 +131,11 @@ def transaction_settings(schema: str | None) -> str:
     return "; ".join(f"SET LOCAL {name} = '{value}'" for name, value in settings.items())
 
 
-class SettingsPerTransaction(asyncpg.Connection):  # type: ignore[misc]
+#: a connection of asyncpg's pool (the backend's hot calls)
+HotConnection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+
+class SettingsPerTransaction(asyncpg.Connection):
     """An asyncpg connection whose every transaction begins with the store's settings:
     ``Connection.transaction()`` (which SQLAlchemy's dialect uses too) sends its
     ``BEGIN ...`` through ``execute``, and the settings ride in the same message, no round
@@ -143,7 +148,7 @@ class SettingsPerTransaction(asyncpg.Connection):  # type: ignore[misc]
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         if not args and query.startswith("BEGIN"):
             query = f"{query.rstrip('; ')}; {self.local_settings}"
-        return await super().execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
+        return await super().execute(query, *args, timeout=timeout)
 
 
 def connection_class(schema: str | None) -> type[SettingsPerTransaction]:
@@ -259,7 +264,7 @@ class PostgresBackend(Backend):
         return self._pool
 
     @asynccontextmanager
-    async def _hot_connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _hot_connection(self) -> AsyncIterator[HotConnection]:
         """A connection of the hot pool. A failure to get one is ``ConnectFailed``: nothing
         of the call was sent."""
         try:
@@ -495,7 +500,7 @@ def _refused_parameter(exc: BaseException, pgbouncer: bool) -> str | None:
 
 
 @asynccontextmanager
-async def _transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+async def _transaction(conn: HotConnection) -> AsyncIterator[None]:
     """``conn.transaction()``, except that a connection that broke inside it raises what
     broke it (asyncpg's own block raises "the underlying connection is closed" instead).
     A rollback cut short by a cancellation is completed by the pool, which rolls back a

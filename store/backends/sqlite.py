@@ -184,7 +184,7 @@ class SqliteBackend(Backend):
         tx = _ThreadTx(conn, self.statements_text)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            results = [run_to_end(work(tx)) for work in batch]
+            results: list[Any] = [run_to_end(work(tx)) for work in batch]
             conn.execute("COMMIT")  # may raise: a deferred pairing check refused the batch
         except BaseException:
             if conn.in_transaction:
@@ -246,7 +246,8 @@ class SqliteBackend(Backend):
         async with self._write_engine.begin() as conn:
             await conn.exec_driver_sql(_MIGRATIONS_TABLE)
             columns = {
-                r[1] for r in await conn.exec_driver_sql("PRAGMA table_info(turnstore_migrations)")
+                r.name
+                for r in await conn.exec_driver_sql("PRAGMA table_info(turnstore_migrations)")
             }
             for column, kind in _BOOKKEEPING_COLUMNS.items():
                 if column not in columns:
@@ -254,7 +255,7 @@ class SqliteBackend(Backend):
                         f"ALTER TABLE turnstore_migrations ADD COLUMN {column} {kind}"
                     )
             done = {
-                r[0]: r[1]
+                r.version: r.checksum
                 for r in await conn.exec_driver_sql(
                     "SELECT version, checksum FROM turnstore_migrations"
                 )

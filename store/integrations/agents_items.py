@@ -149,7 +149,12 @@ def _input_parts(content: Any, path: Path, text_types: Sequence[str]) -> tuple[l
             continue
         kind = piece.get("type")
         for key in ("text", "refusal"):
-            if kind in text_types and isinstance(piece.get(key), str) and key in _KEYS[kind]:
+            if (
+                isinstance(kind, str)
+                and kind in text_types
+                and isinstance(piece.get(key), str)
+                and key in _KEYS[kind]
+            ):
                 moves.append(([*path, k, key], len(parts), "text"))
                 parts.append(_text(piece[key]))
         if kind == "input_image":

@@ -659,13 +659,14 @@ async def _run(
 
     with anyio.CancelScope(shield=True):
         try:
-            return await store.backend.retrying(attempt)
+            outcome = await store.backend.retrying(attempt)
         except _Refused as refused:  # rolled back: nothing of the write was kept
-            return NotRunning(refused.status)
+            outcome = NotRunning(refused.status)
         except InvalidMessage:
             raise
         except Exception as exc:
             raise store.backend.translate(exc) from exc
+    return outcome
 
 
 async def add(

@@ -160,7 +160,7 @@ async def _finish_mutation(work: Coroutine[Any, Any, T]) -> T:
 
 
 async def _claim_or_cancel(
-    claim: Callable[[], Awaitable[Turn]], interrupt: Callable[[Turn], Awaitable[None]]
+    claim: Callable[[], Awaitable[Turn]], interrupt: Callable[[Turn], Coroutine[Any, Any, None]]
 ) -> Turn:
     """Run ``claim`` in a task of its own. A cancellation of the caller, native
     (``Task.cancel()``) or anyio's, cancels the claim the anyio way — the store's shields

@@ -150,11 +150,11 @@ _TURN_AND_USAGE_ENGINE = text(_TURN_AND_USAGE.format(turn_id=":turn_id"))
 _TURN_AND_USAGE_ASYNCPG = _TURN_AND_USAGE.format(turn_id="$1")
 
 
-async def _turn_and_usage_rows(service: ServiceState, turn_id: str) -> Sequence[Mapping[str, Any]]:
+async def _turn_and_usage_rows(service: ServiceState, turn_id: str) -> Sequence[Mapping[Any, Any]]:
     backend = service.store.backend
     hot_call = getattr(backend, "_call", None) if backend.dialect == "postgres" else None
 
-    async def read() -> Sequence[Mapping[str, Any]]:
+    async def read() -> Sequence[Mapping[Any, Any]]:
         if hot_call is not None:
             # PostgreSQL: on asyncpg's pool, as the backend's hot calls are (a checkout
             # costs a fraction of SQLAlchemy's, and the pool keeps its connections)

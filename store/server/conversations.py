@@ -3,7 +3,7 @@ provider, erasure; and the health check."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 
@@ -22,7 +22,10 @@ router = APIRouter(prefix="/v1", tags=["conversations"], route_class=Route)
 Caller = Annotated[Tenant, Depends(tenant)]
 Service = Annotated[ServiceState, Depends(state)]
 ConversationId = Annotated[str, Path(min_length=1, max_length=256)]
-Provider = Literal[tuple(sorted(FORMATS))]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    Provider = str
+else:  # one of the formats, in the OpenAPI document
+    Provider = Literal[tuple(sorted(FORMATS))]
 READ_ERRORS = responses(401, 404, 422, 503)
 
 

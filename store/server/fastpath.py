@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
@@ -44,6 +44,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _JSON = "application/json"
@@ -81,7 +82,8 @@ def _operation(route: APIRoute) -> _Operation | None:
     """The fast form of ``route``, if it is one it can serve (None: FastAPI serves it)."""
     d = route.dependant
     if (
-        len(route.methods) != 1
+        route.methods is None
+        or len(route.methods) != 1
         or d.cookie_params
         or len(d.body_params) > 1
         or d.response_param_name
@@ -159,7 +161,7 @@ def _default(response_class: Any) -> bool:
 class FastPath:
     """ASGI middleware: the operations of ``routes`` that it can serve (see the module)."""
 
-    def __init__(self, app: ASGIApp, routes: list[APIRoute], api: FastAPI) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute], api: FastAPI) -> None:
         self.app = app
         self.api = api
         #: requests served here, and handed to FastAPI after a match (counts, for the tests)
@@ -173,8 +175,10 @@ class FastPath:
         # fixed segments, and the operation by those segments' text
         self.shapes: dict[tuple[str, int], list[tuple[tuple[int, ...], dict[Any, _Operation]]]] = {}
         for route in routes:
+            if not isinstance(route, APIRoute):
+                continue
             op = _operation(route)
-            if op is not None:
+            if op is not None and route.methods is not None:
                 fixed = tuple(i for i, segment in enumerate(op.segments) if segment is not None)
                 shapes = self.shapes.setdefault((next(iter(route.methods)), len(op.segments)), [])
                 table = next((t for f, t in shapes if f == fixed), None)
@@ -325,14 +329,26 @@ class FastPath:
             if handler is not None:
                 break
         if handler is not None:
-            response: Response = await handler(Request(scope, receive), exc)
+            response = await _answer(handler, Request(scope, receive), exc)
             await response(scope, receive, send)
             return
         handler = handlers.get(500) or handlers.get(Exception)
         if handler is not None:
-            response = await handler(Request(scope, receive), exc)
+            response = await _answer(handler, Request(scope, receive), exc)
             await response(scope, receive, send)
         raise exc
+
+
+async def _answer(
+    handler: Callable[[Request, Exception], Response | Awaitable[Response]],
+    request: Request,
+    exc: Exception,
+) -> Response:
+    """An exception handler's response (Starlette lets a handler be a plain function)."""
+    response = handler(request, exc)
+    if inspect.isawaitable(response):
+        return await response
+    return response
 
 
 def _valid(f: _Field, raw: Any) -> Any:

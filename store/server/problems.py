@@ -4,6 +4,7 @@ the turnstore error (``error``) and what to do (``detail``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -76,7 +77,7 @@ def problem_response(
     status: int,
     error: str,
     detail: str,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> Response:
     body = {
@@ -126,7 +127,7 @@ def install(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
+        detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else str(first["msg"])
         return problem_response(422, "InvalidRequest", detail, errors=errors)
 
     async def value_error(request: Request, exc: Exception) -> Response:
@@ -142,6 +143,11 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(ValueError, value_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def repeated(model: type[Any], description: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 answer of an operation that creates (201), for a request made again."""
+    return {200: {"model": model, "description": description}}
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -8,6 +8,7 @@ from typing import Annotated
 import anyio
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from pydantic import BaseModel
 
 from ..errors import IntegrityViolation, TurnFinished
 from ..messages import INTERRUPTED, AssistantMessage, ToolCall, ToolResult, encode_step
@@ -31,7 +32,7 @@ from .common import (
 )
 from .limits import check_message
 from .live import Live
-from .problems import Problem, responses
+from .problems import Problem, repeated, responses
 from .routing import Route
 
 router = APIRouter(prefix="/v1", tags=["turns"], route_class=Route)
@@ -63,7 +64,7 @@ WRITE_ERRORS = responses(401, 404, 409, 413, 422, 503)
     "/conversations/{conversation_id}/turns",
     status_code=201,
     response_model=schemas.TurnBegun,
-    responses={200: {"model": schemas.TurnBegun, "description": "A duplicate submit"}}
+    responses=repeated(schemas.TurnBegun, "A duplicate submit")
     | responses(401, 409, 413, 422, 499, 503),
     summary="Begin a turn: claim the conversation and write the user message",
 )
@@ -151,8 +152,7 @@ def _step_of(body: schemas.StepIn, limit: int) -> tuple[AssistantMessage, list[T
     "/turns/{turn_id}/steps",
     status_code=201,
     response_model=schemas.StepAck,
-    responses={200: {"model": schemas.StepAck, "description": "The step was committed before"}}
-    | WRITE_ERRORS,
+    responses=repeated(schemas.StepAck, "The step was committed before") | WRITE_ERRORS,
     summary="Commit one whole step: the assistant message and one result per tool call",
 )
 async def post_step(
@@ -412,8 +412,7 @@ async def wait(
     "/turns/{turn_id}/usage",
     status_code=201,
     response_model=schemas.UsageRecord,
-    responses={200: {"model": schemas.UsageRecord, "description": "A repeated report"}}
-    | WRITE_ERRORS,
+    responses=repeated(schemas.UsageRecord, "A repeated report") | WRITE_ERRORS,
     summary="Record what a model call (or the whole turn) cost: tokens and cost",
 )
 async def post_usage(
@@ -442,7 +441,7 @@ async def post_usage(
     return json_response(record_json(record), 200 if record.duplicate else 201)
 
 
-class _TurnUsage(schemas.BaseModel):
+class _TurnUsage(BaseModel):
     turn_id: str
     total: schemas.UsageTotals
     reports: list[schemas.UsageRecord]

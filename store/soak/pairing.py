@@ -91,8 +91,8 @@ def _anthropic(body: Body) -> list[str]:
     turns = _merged(messages)
     if turns and turns[0][0] != "user":
         errors.append("the first message is not the user's")
-    made: list[str] = []  # tool_use ids of the assistant turn before
-    seen: set[str] = set()
+    made: list[str | None] = []  # tool_use ids of the assistant turn before
+    seen: set[str | None] = set()
     for n, (role, blocks) in enumerate(turns):
         if role == "assistant":
             if made:

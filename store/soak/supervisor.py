@@ -34,7 +34,7 @@ import anyio.abc
 import anyio.to_thread
 import asyncpg
 
-from .pgserver import ThrowawayPostgres
+from .pgserver import StopMode, ThrowawayPostgres
 
 FAULTS = ("kill", "stop", "terminate", "restart")
 SERVER_FAULTS = frozenset({"terminate", "restart"})
@@ -298,7 +298,7 @@ class Faults:
 
     async def _restart(self) -> None:
         assert self.server is not None, "restart is only offered on a server the soak started"
-        mode = self.rng.choice(("fast", "immediate"))
+        mode: StopMode = self.rng.choice(("fast", "immediate"))
         outage = round(self.rng.uniform(2.0, 4.0), 2) if self.rng.random() < 0.4 else 0.0
         self.log.add(self._started, "restart", mode=mode, outage=outage)
         server = self.server

@@ -222,11 +222,11 @@ def _steps_and_checkpoints(
     for t in turns:
         if t.status != "expired" or not t.steps or (t.id, t.steps) in acknowledged:
             continue
-        found = located.get((t.id, t.steps))
-        if found is None:
+        last = located.get((t.id, t.steps))
+        if last is None:
             continue
-        cid, index = found
-        rows = _results_of(histories[cid], index)
+        last_cid, last_index = last
+        rows = _results_of(histories[last_cid], last_index)
         recovered = [m for m in rows if m.tool_call_id in checkpointed]
         if recovered:
             verdict.recovered_steps += 1

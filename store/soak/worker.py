@@ -31,6 +31,7 @@ import traceback
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -310,15 +311,17 @@ class Worker:
             self.record("taken_over", turn=exc.turn_id, cid=cid, key=key, status=exc.status)
             raise
         except StoreUnavailable as exc:
-            turn = state.turn
-            if turn is None or not state.body_done or turn.status != "running":
+            began = state.turn
+            if began is None or not state.body_done or began.status != "running":
                 raise
             # the store's own finish() at the end of the block: call it again
-            self.error(exc, "finish", turn)
-            await self.writing(turn.finish, "finish", turn, unknown=isinstance(exc, OutcomeUnknown))
-        turn = state.turn
-        if turn is not None and not turn.duplicate and turn.status == "finished":
-            self.finished(turn, state)
+            self.error(exc, "finish", began)
+            await self.writing(
+                began.finish, "finish", began, unknown=isinstance(exc, OutcomeUnknown)
+            )
+        began = state.turn
+        if began is not None and not began.duplicate and began.status == "finished":
+            self.finished(began, state)
 
     async def as_duplicate(self, turn: Turn, rng: random.Random) -> None:
         if rng.random() < DUPLICATE_WRITE_RATE:
@@ -349,13 +352,11 @@ class Worker:
                 message = AssistantMessage(text, calls)
                 if how == "commit":
                     number = await self.writing(
-                        lambda m=message, r=results: turn.commit_step(m, r), "commit_step", turn
+                        partial(turn.commit_step, message, results), "commit_step", turn
                     )
                     self.step_record(turn, number, text, self.result_records(results))
                 else:
-                    await self.writing(
-                        lambda m=message, r=results: turn.finish(m, r), "finish", turn
-                    )
+                    await self.writing(partial(turn.finish, message, results), "finish", turn)
                     self.step_record(turn, turn.steps, text, self.result_records(results))
                     self.finished(turn, state)
                     return True
