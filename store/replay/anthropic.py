@@ -14,14 +14,14 @@ from .format import Format, PlainCall
 from .model import (
     AnthropicRedactedThinking,
     AnthropicThinking,
-    AssistantMessage,
     ImagePart,
     JsonPart,
     Message,
+    ReplayAssistantMessage,
+    ReplayToolResult,
     ResultPart,
     SystemMessage,
     TextPart,
-    ToolResult,
     UserMessage,
 )
 from .render import json_copy, json_text
@@ -67,7 +67,7 @@ class Anthropic(Format):
     def user_texts(self, texts: list[str]) -> None:
         self._add("user", _text_blocks(texts))
 
-    def assistant(self, message: AssistantMessage) -> None:
+    def assistant(self, message: ReplayAssistantMessage) -> None:
         blocks: list[dict[str, Any]] = []
         for item in message.reasoning:
             if isinstance(item, AnthropicThinking):
@@ -83,7 +83,7 @@ class Anthropic(Format):
     def assistant_texts(self, texts: list[str], calls: list[PlainCall]) -> None:
         self._add("assistant", [*_text_blocks(texts), *[_tool_use(*call) for call in calls]])
 
-    def result(self, message: ToolResult) -> None:
+    def result(self, message: ReplayToolResult) -> None:
         self._result(message.call_id, message.is_error, _content_blocks(message.content))
 
     def result_texts(self, call_id: str, name: str, texts: list[str], is_error: bool) -> None:

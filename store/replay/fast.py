@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .format import Format
-from .model import AssistantMessage, SystemMessage, UserMessage, has_text, is_empty_user
+from .model import ReplayAssistantMessage, SystemMessage, UserMessage, has_text, is_empty_user
 from .pairing import Unanswered, check_unanswered
 from .repair import Repair
 from .request import build_request, foreign_reasoning, format_for
@@ -143,7 +143,7 @@ class _Pass:
         texts = _texts(self.history.contents[index])
         if texts is None or any(self.rows[tool][CALL_DATA] is not None for tool in tools):
             message = self.history.message(index)
-            assert isinstance(message, AssistantMessage)
+            assert isinstance(message, ReplayAssistantMessage)
             if not calls and not has_text(message.parts):
                 return False
             self.repairs += foreign_reasoning([message], type(self.out))
@@ -174,7 +174,7 @@ class _Pass:
 
     def _both_reason(self, first: int, second: int) -> bool:
         one, other = self.history.message(first), self.history.message(second)
-        assert isinstance(one, AssistantMessage) and isinstance(other, AssistantMessage)
+        assert isinstance(one, ReplayAssistantMessage) and isinstance(other, ReplayAssistantMessage)
         return bool(one.reasoning and other.reasoning)
 
 

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from .model import (
-    AssistantMessage,
     Message,
     Reasoning,
+    ReplayAssistantMessage,
+    ReplayToolResult,
     SystemMessage,
-    ToolResult,
     UserMessage,
 )
 
@@ -44,7 +44,7 @@ class Format(ABC):
     takes_reasoning: ClassVar[tuple[type, ...]] = ()
 
     @classmethod
-    def foreign_reasoning(cls, message: AssistantMessage) -> list[Reasoning]:
+    def foreign_reasoning(cls, message: ReplayAssistantMessage) -> list[Reasoning]:
         """The reasoning of ``message`` that this provider does not take back."""
         return [r for r in message.reasoning if not isinstance(r, cls.takes_reasoning)]
 
@@ -59,9 +59,9 @@ class Format(ABC):
     def add(self, message: Message) -> None:
         if isinstance(message, UserMessage):
             self.user(message)
-        elif isinstance(message, AssistantMessage):
+        elif isinstance(message, ReplayAssistantMessage):
             self.assistant(message)
-        elif isinstance(message, ToolResult):
+        elif isinstance(message, ReplayToolResult):
             self.result(message)
         else:
             self.system(message)
@@ -73,10 +73,10 @@ class Format(ABC):
     def user(self, message: UserMessage) -> None: ...
 
     @abstractmethod
-    def assistant(self, message: AssistantMessage) -> None: ...
+    def assistant(self, message: ReplayAssistantMessage) -> None: ...
 
     @abstractmethod
-    def result(self, message: ToolResult) -> None: ...
+    def result(self, message: ReplayToolResult) -> None: ...
 
     @abstractmethod
     def user_texts(self, texts: list[str]) -> None:

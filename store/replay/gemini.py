@@ -13,14 +13,14 @@ from typing import Any
 
 from .format import Format, PlainCall
 from .model import (
-    AssistantMessage,
     GeminiThought,
     ImagePart,
     JsonPart,
     Message,
+    ReplayAssistantMessage,
+    ReplayToolResult,
     SystemMessage,
     TextPart,
-    ToolResult,
     UserMessage,
 )
 from .render import json_copy, result_text, texts
@@ -66,7 +66,7 @@ class Gemini(Format):
     def user_texts(self, texts: list[str]) -> None:
         self._add("user", [{"text": t} for t in texts if t.strip()])
 
-    def assistant(self, message: AssistantMessage) -> None:
+    def assistant(self, message: ReplayAssistantMessage) -> None:
         parts: list[dict[str, Any]] = [
             _thought(r) for r in message.reasoning if isinstance(r, GeminiThought)
         ]
@@ -83,7 +83,7 @@ class Gemini(Format):
         parts.extend(_function_call(name, arguments) for _, name, arguments in calls)
         self._add("model", parts)
 
-    def result(self, message: ToolResult) -> None:
+    def result(self, message: ReplayToolResult) -> None:
         if message.is_error:
             response = {"error": result_text(message.content, False)}
         elif len(message.content) == 1 and isinstance(message.content[0], JsonPart):

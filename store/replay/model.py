@@ -4,6 +4,10 @@ Readers turn stored history into these messages, the sanitizer repairs them, and
 module per provider turns them into a request body. Every message keeps the ``position``
 of the row it came from (``None`` for messages the sanitizer made), so a repair can name it.
 
+The assistant message, tool call and tool result of this model are ``ReplayAssistantMessage``,
+``ReplayToolCall`` and ``ReplayToolResult``: ``store.AssistantMessage``, ``store.ToolCall`` and
+``store.ToolResult`` are what a turn writes, with other fields.
+
 Mappings inside these frozen dataclasses (tool arguments, JSON values) are not copied:
 treat them as read-only.
 """
@@ -99,7 +103,7 @@ Reasoning = (
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCall:
+class ReplayToolCall:
     """One tool call. ``arguments`` is a JSON object. ``thought_signature`` is Gemini's
     per-call signature; ``item_id`` is the OpenAI Responses ``function_call`` item id."""
 
@@ -128,18 +132,18 @@ class UserMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class AssistantMessage:
+class ReplayAssistantMessage:
     """One model response: text, the reasoning to send back, and its tool calls."""
 
     role: ClassVar[str] = "assistant"
     parts: tuple[TextPart, ...] = ()
-    tool_calls: tuple[ToolCall, ...] = ()
+    tool_calls: tuple[ReplayToolCall, ...] = ()
     reasoning: tuple[Reasoning, ...] = ()
     position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class ToolResult:
+class ReplayToolResult:
     role: ClassVar[str] = "tool"
     call_id: str
     name: str
@@ -148,7 +152,7 @@ class ToolResult:
     position: int | None = None
 
 
-Message = SystemMessage | UserMessage | AssistantMessage | ToolResult
+Message = SystemMessage | UserMessage | ReplayAssistantMessage | ReplayToolResult
 
 
 def has_text(parts: tuple[Any, ...]) -> bool:

@@ -13,13 +13,13 @@ from typing import Any
 
 from .format import Format, PlainCall
 from .model import (
-    AssistantMessage,
     DeepSeekReasoning,
     ImagePart,
     Message,
+    ReplayAssistantMessage,
+    ReplayToolResult,
     SystemMessage,
     TextPart,
-    ToolResult,
     UserMessage,
 )
 from .render import arguments_json, image_url, joined, marked_error, result_text, texts
@@ -58,7 +58,7 @@ class OpenAIChat(Format):
     def user_texts(self, texts: list[str]) -> None:
         self.messages.append({"role": "user", "content": joined(texts)})
 
-    def assistant(self, message: AssistantMessage) -> None:
+    def assistant(self, message: ReplayAssistantMessage) -> None:
         calls = [_call(c.id, c.name, arguments_json(c)) for c in message.tool_calls]
         reasoning = [r.text for r in message.reasoning if isinstance(r, DeepSeekReasoning)]
         self._assistant("\n".join(texts(message.parts)), calls, reasoning)
@@ -75,7 +75,7 @@ class OpenAIChat(Format):
                 out["reasoning_content"] = "".join(reasoning)
         self.messages.append(out)
 
-    def result(self, message: ToolResult) -> None:
+    def result(self, message: ReplayToolResult) -> None:
         self._tool(message.call_id, result_text(message.content, message.is_error))
 
     def result_texts(self, call_id: str, name: str, texts: list[str], is_error: bool) -> None:

@@ -13,13 +13,13 @@ from typing import Any
 
 from .format import Format, PlainCall
 from .model import (
-    AssistantMessage,
     ImagePart,
     Message,
     OpenAIReasoning,
+    ReplayAssistantMessage,
+    ReplayToolResult,
     SystemMessage,
     TextPart,
-    ToolResult,
     UserMessage,
 )
 from .render import arguments_json, image_url, joined, marked_error, result_text, texts
@@ -58,7 +58,7 @@ class OpenAIResponses(Format):
     def _user(self, content: list[dict[str, Any]]) -> None:
         self.items.append({"type": "message", "role": "user", "content": content})
 
-    def assistant(self, message: AssistantMessage) -> None:
+    def assistant(self, message: ReplayAssistantMessage) -> None:
         reasoning = [_reasoning(r) for r in message.reasoning if isinstance(r, OpenAIReasoning)]
         calls = []
         for call in message.tool_calls:
@@ -80,7 +80,7 @@ class OpenAIResponses(Format):
         elif said:
             self.items.extend([*reasoning, *said])
 
-    def result(self, message: ToolResult) -> None:
+    def result(self, message: ReplayToolResult) -> None:
         self._output(message.call_id, result_text(message.content, message.is_error))
 
     def result_texts(self, call_id: str, name: str, texts: list[str], is_error: bool) -> None:

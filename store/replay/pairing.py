@@ -15,7 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..messages import INTERRUPTED
-from .model import AssistantMessage, Message, TextPart, ToolCall, ToolResult, UserMessage
+from .model import (
+    Message,
+    ReplayAssistantMessage,
+    ReplayToolCall,
+    ReplayToolResult,
+    TextPart,
+    UserMessage,
+)
 from .repair import Repair
 
 Unanswered = Literal["synthesize", "drop"]
@@ -28,9 +35,9 @@ def check_unanswered(unanswered: str) -> None:
 
 @dataclass(slots=True, eq=False)
 class Call:
-    call: ToolCall
+    call: ReplayToolCall
     step: Step
-    result: ToolResult | None = None
+    result: ReplayToolResult | None = None
     result_unit: int | None = None  # index of the result's unit; None if synthesized
     moved: bool = False  # already reported as moved
     dropped: bool = False
@@ -40,8 +47,8 @@ class Call:
 @dataclass(slots=True, eq=False)
 class Step:
     unit: int
-    rows: list[AssistantMessage]
-    trailing: list[AssistantMessage] = field(default_factory=list)
+    rows: list[ReplayAssistantMessage]
+    trailing: list[ReplayAssistantMessage] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
 
     @property
@@ -51,12 +58,12 @@ class Step:
     def has_reasoning(self) -> bool:
         return any(row.reasoning for row in self.rows)
 
-    def add(self, row: AssistantMessage) -> None:
+    def add(self, row: ReplayAssistantMessage) -> None:
         self.rows.append(row)
         self.calls.extend(Call(c, self, final_id=c.id) for c in row.tool_calls)
 
 
-Unit = UserMessage | Step | ToolResult
+Unit = UserMessage | Step | ReplayToolResult
 
 
 def segment(messages: Sequence[Message], repairs: list[Repair]) -> list[Unit]:
@@ -64,7 +71,7 @@ def segment(messages: Sequence[Message], repairs: list[Repair]) -> list[Unit]:
     units: list[Unit] = []
     current: Step | None = None
     for message in messages:
-        if isinstance(message, AssistantMessage):
+        if isinstance(message, ReplayAssistantMessage):
             if current is None or (
                 message.reasoning and (current.calls or current.has_reasoning())
             ):
@@ -75,7 +82,7 @@ def segment(messages: Sequence[Message], repairs: list[Repair]) -> list[Unit]:
                 current.trailing.append(message)
             else:
                 current.add(message)
-        elif isinstance(message, UserMessage | ToolResult):
+        elif isinstance(message, UserMessage | ReplayToolResult):
             current = None
             units.append(message)
     for unit in units:
@@ -104,7 +111,7 @@ def match_results(units: list[Unit], repairs: list[Repair]) -> None:
                 by_id.setdefault(call.call.id, []).append(call)
     unpaired: list[int] = []
     for index, unit in enumerate(units):
-        if not isinstance(unit, ToolResult):
+        if not isinstance(unit, ReplayToolResult):
             continue
         before = [
             c for c in by_id.get(unit.call_id, []) if c.step.unit < index and c.result is None
@@ -115,7 +122,7 @@ def match_results(units: list[Unit], repairs: list[Repair]) -> None:
             unpaired.append(index)
     for index in unpaired:
         result = units[index]
-        assert isinstance(result, ToolResult)
+        assert isinstance(result, ReplayToolResult)
         calls = by_id.get(result.call_id, [])
         after = [c for c in calls if c.step.unit > index and c.result is None]
         if after:
@@ -150,7 +157,7 @@ def match_results(units: list[Unit], repairs: list[Repair]) -> None:
             )
 
 
-def _attach(call: Call, result: ToolResult, index: int) -> None:
+def _attach(call: Call, result: ReplayToolResult, index: int) -> None:
     call.result = result
     call.result_unit = index
 
@@ -177,7 +184,7 @@ def close_unanswered(units: list[Unit], unanswered: Unanswered, repairs: list[Re
                 )
             )
         elif unanswered == "synthesize":
-            call.result = ToolResult(
+            call.result = ReplayToolResult(
                 call.call.id, call.call.name, (TextPart(INTERRUPTED),), is_error=True
             )
             repairs.append(
@@ -233,13 +240,13 @@ def rename_reused_ids(units: list[Unit], repairs: list[Repair]) -> None:
         seen.add(call.final_id)
 
 
-def final_call(call: Call) -> ToolCall:
+def final_call(call: Call) -> ReplayToolCall:
     if call.final_id == call.call.id:
         return call.call
     return replace(call.call, id=call.final_id)
 
 
-def final_result(call: Call) -> ToolResult:
+def final_result(call: Call) -> ReplayToolResult:
     """The call's result, with the call's (final) id and name."""
     result = call.result
     assert result is not None

@@ -22,7 +22,6 @@ from ..messages import StoredMessage, reasoning_part
 from .model import (
     AnthropicRedactedThinking,
     AnthropicThinking,
-    AssistantMessage,
     DeepSeekReasoning,
     GeminiThought,
     ImagePart,
@@ -30,10 +29,11 @@ from .model import (
     Message,
     OpenAIReasoning,
     Reasoning,
+    ReplayAssistantMessage,
+    ReplayToolCall,
+    ReplayToolResult,
     ResultPart,
     TextPart,
-    ToolCall,
-    ToolResult,
     UserMessage,
 )
 
@@ -77,7 +77,7 @@ def stored_message(
     position: int,
     role: str,
     content: Sequence[Mapping[str, Any]],
-    calls: tuple[ToolCall, ...],
+    calls: tuple[ReplayToolCall, ...],
     call_id: str | None,
     tool_name: str | None,
     is_error: bool,
@@ -99,12 +99,12 @@ def stored_message(
                     reasoning.append(item)
             else:
                 raise ReplayInputError(f"{where}: assistant part of type {part.get('type')!r}")
-        return AssistantMessage(tuple(parts), calls, tuple(reasoning), position)
+        return ReplayAssistantMessage(tuple(parts), calls, tuple(reasoning), position)
     if role == "tool":
         if not call_id:
             raise ReplayInputError(f"{where}: tool message without tool_call_id")
         results = tuple(_stored_result_part(p, where) for p in content)
-        return ToolResult(call_id, tool_name or "", results, is_error, position)
+        return ReplayToolResult(call_id, tool_name or "", results, is_error, position)
     raise ReplayInputError(f"{where}: unknown role {role!r}")
 
 
@@ -114,12 +114,12 @@ def stored_call(
     arguments: Mapping[str, Any],
     provider_data: Mapping[str, Any] | None,
     arguments_json: str | None,
-) -> ToolCall:
+) -> ReplayToolCall:
     """The canonical tool call for one stored call, given its fields (``arguments_json``:
     the arguments' JSON text as stored, if known)."""
     extra: Mapping[str, Any] = provider_data or {}
     signature = extra.get("thought_signature", extra.get("thoughtSignature"))
-    return ToolCall(
+    return ReplayToolCall(
         call_id,
         name,
         arguments,
@@ -290,7 +290,7 @@ def _instatic_row(row: Mapping[str, Any]) -> Message:
         return UserMessage(tuple(_instatic_part(b, where) for b in blocks), position)
     if role == "assistant":
         parts: list[TextPart] = []
-        calls: list[ToolCall] = []
+        calls: list[ReplayToolCall] = []
         for block in blocks:
             if block.get("kind") == "toolCall":
                 calls.append(_instatic_call(block, row, where))
@@ -299,7 +299,7 @@ def _instatic_row(row: Mapping[str, Any]) -> Message:
                 if not isinstance(part, TextPart):
                     raise ReplayInputError(f"{where}: an assistant row cannot hold an image")
                 parts.append(part)
-        return AssistantMessage(tuple(parts), tuple(calls), (), position)
+        return ReplayAssistantMessage(tuple(parts), tuple(calls), (), position)
     if role == "tool":
         return _instatic_result(blocks, row, where, position)
     raise ReplayInputError(f"{where}: unknown role {role!r}")
@@ -314,7 +314,7 @@ def _instatic_part(block: Mapping[str, Any], where: str) -> TextPart | ImagePart
     raise ReplayInputError(f"{where}: unexpected content block kind {kind!r}")
 
 
-def _instatic_call(block: Mapping[str, Any], row: Mapping[str, Any], where: str) -> ToolCall:
+def _instatic_call(block: Mapping[str, Any], row: Mapping[str, Any], where: str) -> ReplayToolCall:
     call_id = block.get("toolCallId") or row.get("tool_call_id")
     name = block.get("toolName") or row.get("tool_name")
     if not isinstance(call_id, str) or not isinstance(name, str):
@@ -329,12 +329,12 @@ def _instatic_call(block: Mapping[str, Any], row: Mapping[str, Any], where: str)
         arguments = {}
     if not isinstance(arguments, Mapping):
         raise ReplayInputError(f"{where}: toolCall input must be a JSON object")
-    return ToolCall(call_id, name, dict(arguments))
+    return ReplayToolCall(call_id, name, dict(arguments))
 
 
 def _instatic_result(
     blocks: list[Mapping[str, Any]], row: Mapping[str, Any], where: str, position: int | None
-) -> ToolResult:
+) -> ReplayToolResult:
     call_id = row.get("tool_call_id")
     status = next((b for b in blocks if b.get("kind") == "toolResult"), None)
     if not isinstance(call_id, str) and status is not None:
@@ -351,4 +351,6 @@ def _instatic_result(
             content = [TextPart(error)]
         else:
             content = [JsonPart({"ok": ok})]
-    return ToolResult(call_id, str(row.get("tool_name") or ""), tuple(content), not ok, position)
+    return ReplayToolResult(
+        call_id, str(row.get("tool_name") or ""), tuple(content), not ok, position
+    )

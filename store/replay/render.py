@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .model import ImagePart, JsonPart, ResultPart, TextPart, ToolCall
+from .model import ImagePart, JsonPart, ReplayToolCall, ResultPart, TextPart
 
 
 def json_text(value: Any) -> str:
@@ -20,7 +20,7 @@ def json_copy(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
-def arguments_json(call: ToolCall) -> str:
+def arguments_json(call: ReplayToolCall) -> str:
     """Tool-call arguments as the JSON string OpenAI's formats want: the stored text when
     the reader kept it, else encoded."""
     if call.arguments_json is not None:

@@ -8,7 +8,7 @@ from typing import Any
 from .anthropic import Anthropic
 from .format import Format
 from .gemini import Gemini
-from .model import AssistantMessage, Message, SystemMessage
+from .model import Message, ReplayAssistantMessage, SystemMessage
 from .openai_chat import OpenAIChat
 from .openai_responses import OpenAIResponses
 from .pairing import Unanswered
@@ -59,7 +59,7 @@ def foreign_reasoning(messages: Sequence[Message], format_: type[Format]) -> lis
     (it was recorded for another provider): that reasoning is left out of the body."""
     repairs = []
     for message in messages:
-        if isinstance(message, AssistantMessage):
+        if isinstance(message, ReplayAssistantMessage):
             foreign = format_.foreign_reasoning(message)
             if foreign:
                 kinds = sorted({type(r).__name__ for r in foreign})

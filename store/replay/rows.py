@@ -10,7 +10,7 @@ from functools import cached_property
 from typing import Any
 
 from ..history import decode_json
-from .model import Message, ToolCall
+from .model import Message, ReplayToolCall
 from .readers import stored_call, stored_message
 
 # The columns of the ``replay`` queries (schema/<dialect>/queries.sql), JSON as text.
@@ -43,7 +43,7 @@ class StoredRows:
         """The canonical message of the row at ``index``. An assistant's calls are the tool
         rows that follow it, as many as it announced."""
         row = self.rows[index]
-        calls: tuple[ToolCall, ...] = ()
+        calls: tuple[ReplayToolCall, ...] = ()
         if row[CALLS] and row[ROLE] == "assistant":
             end = min(index + 1 + row[CALLS], len(self.rows))
             calls = tuple(self._call(j) for j in range(index + 1, end))
@@ -61,7 +61,7 @@ class StoredRows:
         """The canonical messages of the rows before ``stop`` (all by default)."""
         return [self.message(i) for i in range(len(self.rows) if stop is None else stop)]
 
-    def _call(self, index: int) -> ToolCall:
+    def _call(self, index: int) -> ReplayToolCall:
         row = self.rows[index]
         data = row[CALL_DATA]
         return stored_call(

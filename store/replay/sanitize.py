@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .model import (
-    AssistantMessage,
     Message,
+    ReplayAssistantMessage,
+    ReplayToolResult,
     SystemMessage,
-    ToolResult,
     UserMessage,
     has_text,
     is_empty_user,
@@ -78,7 +78,9 @@ def _hoist_systems(
     systems: list[SystemMessage] = []
     rest: list[Message] = []
     for message in messages:
-        if not isinstance(message, SystemMessage | UserMessage | AssistantMessage | ToolResult):
+        if not isinstance(
+            message, SystemMessage | UserMessage | ReplayAssistantMessage | ReplayToolResult
+        ):
             raise TypeError(
                 f"sanitize takes replay model messages, got {type(message).__name__} "
                 "(convert stored rows with store.replay.readers first)"
@@ -125,7 +127,7 @@ def _emit_step(step: Step, units: list[Unit], repairs: list[Repair]) -> list[Mes
     emitted: list[Message] = []
     if kept or has_text(parts):
         calls = tuple(final_call(c) for c in kept)
-        emitted.append(AssistantMessage(parts, calls, reasoning, step.position))
+        emitted.append(ReplayAssistantMessage(parts, calls, reasoning, step.position))
     else:
         repairs.append(
             Repair("dropped_empty", step.position, None, "assistant message with no text or calls")
@@ -145,7 +147,7 @@ def _emit_step(step: Step, units: list[Unit], repairs: list[Repair]) -> list[Mes
                 )
         trailing = tuple(p for row in step.trailing for p in row.parts)
         if has_text(trailing):
-            emitted.append(AssistantMessage(trailing, position=step.trailing[0].position))
+            emitted.append(ReplayAssistantMessage(trailing, position=step.trailing[0].position))
         else:
             repairs.append(
                 Repair("dropped_empty", step.trailing[0].position, None, "blank assistant text")
@@ -153,13 +155,13 @@ def _emit_step(step: Step, units: list[Unit], repairs: list[Repair]) -> list[Mes
     return emitted
 
 
-def _step_results(step: Step, units: list[Unit], repairs: list[Repair]) -> list[ToolResult]:
+def _step_results(step: Step, units: list[Unit], repairs: list[Repair]) -> list[ReplayToolResult]:
     block: list[int] = []
     index = step.unit + 1
-    while index < len(units) and isinstance(units[index], ToolResult):
+    while index < len(units) and isinstance(units[index], ReplayToolResult):
         block.append(index)
         index += 1
-    results: list[ToolResult] = []
+    results: list[ReplayToolResult] = []
     in_block: list[int] = []
     for call in step.calls:
         if call.dropped:
@@ -204,7 +206,7 @@ def _step_results(step: Step, units: list[Unit], repairs: list[Repair]) -> list[
 def _drop_leading(out: list[Message], repairs: list[Repair]) -> list[Message]:
     first = next((i for i, m in enumerate(out) if isinstance(m, UserMessage)), len(out))
     for message in out[:first]:
-        if isinstance(message, ToolResult):
+        if isinstance(message, ReplayToolResult):
             repairs.append(
                 Repair(
                     "dropped_leading",
@@ -213,7 +215,7 @@ def _drop_leading(out: list[Message], repairs: list[Repair]) -> list[Message]:
                     "tool result before the first user message; dropped with its call",
                 )
             )
-        elif isinstance(message, AssistantMessage):
+        elif isinstance(message, ReplayAssistantMessage):
             ids = ", ".join(c.id for c in message.tool_calls) or "none"
             repairs.append(
                 Repair(
@@ -256,12 +258,12 @@ def _merge_assistants(out: list[Message], repairs: list[Repair]) -> list[Message
     for message in out:
         previous = kept[-1] if kept else None
         if (
-            isinstance(message, AssistantMessage)
-            and isinstance(previous, AssistantMessage)
+            isinstance(message, ReplayAssistantMessage)
+            and isinstance(previous, ReplayAssistantMessage)
             and not (previous.reasoning and message.reasoning)
         ):
             assert not previous.tool_calls  # a message with calls is followed by its results
-            kept[-1] = AssistantMessage(
+            kept[-1] = ReplayAssistantMessage(
                 previous.parts + message.parts,
                 message.tool_calls,
                 previous.reasoning + message.reasoning,

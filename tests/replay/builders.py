@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from store.replay import (
-    AssistantMessage,
     Reasoning,
+    ReplayAssistantMessage,
+    ReplayToolCall,
+    ReplayToolResult,
     TextPart,
-    ToolCall,
-    ToolResult,
     UserMessage,
 )
 
@@ -18,17 +18,17 @@ def user(text: str, pos: int | None = None) -> UserMessage:
     return UserMessage((TextPart(text),), pos)
 
 
-def call(call_id: str, name: str = "f", **arguments: Any) -> ToolCall:
-    return ToolCall(call_id, name, arguments)
+def call(call_id: str, name: str = "f", **arguments: Any) -> ReplayToolCall:
+    return ReplayToolCall(call_id, name, arguments)
 
 
 def asst(
-    *calls: ToolCall,
+    *calls: ReplayToolCall,
     text: str = "",
     reasoning: tuple[Reasoning, ...] = (),
     pos: int | None = None,
-) -> AssistantMessage:
-    return AssistantMessage((TextPart(text),) if text else (), calls, reasoning, pos)
+) -> ReplayAssistantMessage:
+    return ReplayAssistantMessage((TextPart(text),) if text else (), calls, reasoning, pos)
 
 
 def res(
@@ -37,5 +37,5 @@ def res(
     text: str = "out",
     pos: int | None = None,
     is_error: bool = False,
-) -> ToolResult:
-    return ToolResult(call_id, name, (TextPart(text),), is_error, pos)
+) -> ReplayToolResult:
+    return ReplayToolResult(call_id, name, (TextPart(text),), is_error, pos)

@@ -10,17 +10,17 @@ from hypothesis import strategies as st
 from store.replay import (
     AnthropicRedactedThinking,
     AnthropicThinking,
-    AssistantMessage,
     DeepSeekReasoning,
     ImagePart,
     JsonPart,
     Message,
     OpenAIReasoning,
     Reasoning,
+    ReplayAssistantMessage,
+    ReplayToolCall,
+    ReplayToolResult,
     SystemMessage,
     TextPart,
-    ToolCall,
-    ToolResult,
     UserMessage,
 )
 
@@ -68,11 +68,11 @@ def valid_histories(draw: st.DrawFn) -> list[Message]:
             parts.append(ImagePart("image/png", "aGVsbG8="))
         out.append(UserMessage(tuple(parts)))
         for _ in range(draw(st.integers(0, 3))):
-            step: list[ToolCall] = []
+            step: list[ReplayToolCall] = []
             for _ in range(draw(st.integers(1, 4))):
                 calls += 1
                 step.append(
-                    ToolCall(
+                    ReplayToolCall(
                         f"call_{calls}",
                         draw(st.sampled_from(["insertHtml", "read_document"])),
                         {"n": calls, "html": draw(WORDS)},
@@ -82,7 +82,7 @@ def valid_histories(draw: st.DrawFn) -> list[Message]:
                 )
             text = draw(st.sampled_from(["", "Let me look."]))
             out.append(
-                AssistantMessage(
+                ReplayAssistantMessage(
                     (TextPart(text),) if text else (),
                     tuple(step),
                     draw(reasoning(step[0].id)),
@@ -90,13 +90,15 @@ def valid_histories(draw: st.DrawFn) -> list[Message]:
             )
             for call in step:
                 out.append(
-                    ToolResult(
+                    ReplayToolResult(
                         call.id, call.name, draw(result_content(call.id)), draw(st.booleans())
                     )
                 )
         if draw(st.booleans()):
             out.append(
-                AssistantMessage((TextPart(f"Done {turn}."),), (), draw(reasoning(f"t{turn}")))
+                ReplayAssistantMessage(
+                    (TextPart(f"Done {turn}."),), (), draw(reasoning(f"t{turn}"))
+                )
             )
     return [_at(message, position) for position, message in enumerate(out)]
 
@@ -117,10 +119,10 @@ class Corrupted:
     split: frozenset[int]
 
 
-def split_rows(message: AssistantMessage) -> list[AssistantMessage]:
+def split_rows(message: ReplayAssistantMessage) -> list[ReplayAssistantMessage]:
     """One row for the text and reasoning, then one row per call: the legacy shape."""
-    head = AssistantMessage(message.parts, (), message.reasoning, message.position)
-    calls = [AssistantMessage((), (c,), (), message.position) for c in message.tool_calls]
+    head = ReplayAssistantMessage(message.parts, (), message.reasoning, message.position)
+    calls = [ReplayAssistantMessage((), (c,), (), message.position) for c in message.tool_calls]
     return [head, *calls] if message.parts or message.reasoning else calls
 
 
@@ -129,7 +131,11 @@ def corruptions(draw: st.DrawFn, history: list[Message]) -> Corrupted:
     rows: list[tuple[int | None, Message]] = []
     split: set[int] = set()
     for index, message in enumerate(history):
-        if isinstance(message, AssistantMessage) and message.tool_calls and draw(st.booleans()):
+        if (
+            isinstance(message, ReplayAssistantMessage)
+            and message.tool_calls
+            and draw(st.booleans())
+        ):
             rows.extend((index, row) for row in split_rows(message))
             split.add(index)
         else:
@@ -178,7 +184,7 @@ def soups(draw: st.DrawFn) -> list[Message]:
             out.append(SystemMessage("sys", position))
         elif kind == "tool":
             out.append(
-                ToolResult(
+                ReplayToolResult(
                     draw(IDS), draw(NAMES), draw(result_content("r")), draw(st.booleans()), position
                 )
             )
@@ -186,7 +192,7 @@ def soups(draw: st.DrawFn) -> list[Message]:
             calls = draw(
                 st.lists(
                     st.builds(
-                        ToolCall,
+                        ReplayToolCall,
                         IDS,
                         NAMES,
                         st.fixed_dictionaries({"x": st.integers(0, 1)}),
@@ -198,7 +204,7 @@ def soups(draw: st.DrawFn) -> list[Message]:
             )
             text = draw(st.sampled_from(["", " ", "ok"]))
             out.append(
-                AssistantMessage(
+                ReplayAssistantMessage(
                     (TextPart(text),) if text else (),
                     tuple(calls),
                     draw(reasoning(str(position))),

@@ -8,9 +8,9 @@ import pytest
 
 from store.replay import (
     PROVIDERS,
-    AssistantMessage,
     Message,
-    ToolResult,
+    ReplayAssistantMessage,
+    ReplayToolResult,
     UserMessage,
     build_request,
     load_instatic_file,
@@ -41,7 +41,7 @@ def stored_call_ids() -> list[str]:
 
 def test_fixture_is_as_reported(messages: list[Message], stored_call_ids: list[str]) -> None:
     assert len(stored_call_ids) == 32
-    assert sum(isinstance(m, ToolResult) for m in messages) == 35
+    assert sum(isinstance(m, ReplayToolResult) for m in messages) == 35
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
@@ -72,7 +72,7 @@ def test_fixture_repairs_are_the_orphans_the_double_submit_and_row_grouping(
     assert [(r.position, r.call_id) for r in duplicates] == [(89, None)]
     others = {r.kind for r in result.repairs} - {"orphan_result", "duplicate_user"}
     assert others == {"grouped_rows"}
-    kept_results = [m for m in result.messages if isinstance(m, ToolResult)]
+    kept_results = [m for m in result.messages if isinstance(m, ReplayToolResult)]
     assert len(kept_results) == 32
     assert not any(m.is_error for m in kept_results)
     assert not {m.call_id for m in kept_results} & {call_id for _, call_id in ORPHANS}
@@ -89,7 +89,7 @@ def test_fixture_keeps_every_user_text_once(messages: list[Message]) -> None:
 
 def test_fixture_steps_are_grouped_into_parallel_calls(messages: list[Message]) -> None:
     result = sanitize(messages)
-    steps = [m for m in result.messages if isinstance(m, AssistantMessage) and m.tool_calls]
+    steps = [m for m in result.messages if isinstance(m, ReplayAssistantMessage) and m.tool_calls]
     assert [len(m.tool_calls) for m in steps] == [1, 3] * 8
     body, _ = build_request(messages, "openai-chat")
     parallel = [m for m in body["messages"] if len(m.get("tool_calls") or []) == 3]

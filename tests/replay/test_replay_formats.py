@@ -11,16 +11,16 @@ from store.replay import (
     PROVIDERS,
     AnthropicRedactedThinking,
     AnthropicThinking,
-    AssistantMessage,
     DeepSeekReasoning,
     ImagePart,
     JsonPart,
     Message,
     OpenAIReasoning,
+    ReplayAssistantMessage,
+    ReplayToolCall,
+    ReplayToolResult,
     SystemMessage,
     TextPart,
-    ToolCall,
-    ToolResult,
     UserMessage,
     build_request,
 )
@@ -31,11 +31,11 @@ from .rules import CHECKERS
 HISTORY: list[Message] = [
     SystemMessage("Be brief."),
     UserMessage((TextPart("Make a page"), ImagePart("image/png", "aGk=")), 0),
-    AssistantMessage(
+    ReplayAssistantMessage(
         (TextPart("Looking."),),
         (
-            ToolCall("call_1", "read_document", {}, "sig-1", "fc_1"),
-            ToolCall("call_2", "insertHtml", {"html": "<h1>"}, None, "fc_2"),
+            ReplayToolCall("call_1", "read_document", {}, "sig-1", "fc_1"),
+            ReplayToolCall("call_2", "insertHtml", {"html": "<h1>"}, None, "fc_2"),
         ),
         (
             OpenAIReasoning("rs_1", "enc", ("plan",)),
@@ -45,8 +45,8 @@ HISTORY: list[Message] = [
         ),
         1,
     ),
-    ToolResult("call_1", "read_document", (JsonPart({"ok": True}),), False, 2),
-    ToolResult("call_2", "insertHtml", (TextPart("no such selector"),), True, 3),
+    ReplayToolResult("call_1", "read_document", (JsonPart({"ok": True}),), False, 2),
+    ReplayToolResult("call_2", "insertHtml", (TextPart("no such selector"),), True, 3),
     UserMessage((TextPart("and?"),), 4),
 ]
 ARGS = '{"html":"<h1>"}'
@@ -152,7 +152,11 @@ def test_openai_responses() -> None:
 
 
 def test_openai_responses_sends_item_ids_only_with_their_reasoning() -> None:
-    history = [user("hi", 0), asst(ToolCall("x", "f", {}, None, "fc_x"), pos=1), res("x", pos=2)]
+    history = [
+        user("hi", 0),
+        asst(ReplayToolCall("x", "f", {}, None, "fc_x"), pos=1),
+        res("x", pos=2),
+    ]
     items = body("openai-responses", history)["input"]
     assert items[1] == {"type": "function_call", "call_id": "x", "name": "f", "arguments": "{}"}
 

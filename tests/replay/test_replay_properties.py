@@ -11,11 +11,11 @@ from store.messages import INTERRUPTED
 from store.replay import (
     PROVIDERS,
     REPAIR_KINDS,
-    AssistantMessage,
     Message,
+    ReplayAssistantMessage,
+    ReplayToolCall,
+    ReplayToolResult,
     TextPart,
-    ToolCall,
-    ToolResult,
     UserMessage,
     sanitize,
 )
@@ -39,38 +39,40 @@ def violations(messages: list[Message], unanswered: str) -> list[str]:
     return found
 
 
-def pairs_in(messages: tuple[Message, ...]) -> dict[str, tuple[AssistantMessage, ToolResult]]:
+def pairs_in(
+    messages: tuple[Message, ...],
+) -> dict[str, tuple[ReplayAssistantMessage, ReplayToolResult]]:
     """Each call id in sanitized output, with its message and the result right after it."""
-    found: dict[str, tuple[AssistantMessage, ToolResult]] = {}
+    found: dict[str, tuple[ReplayAssistantMessage, ReplayToolResult]] = {}
     for i, message in enumerate(messages):
-        if isinstance(message, AssistantMessage):
+        if isinstance(message, ReplayAssistantMessage):
             for k, call in enumerate(message.tool_calls):
                 result = messages[i + 1 + k]
-                assert isinstance(result, ToolResult) and result.call_id == call.id
+                assert isinstance(result, ReplayToolResult) and result.call_id == call.id
                 found[call.id] = (message, result)
     return found
 
 
 def expected_pairs(
     history: list[Message], corrupted: Corrupted
-) -> list[tuple[AssistantMessage, ToolCall, ToolResult]]:
+) -> list[tuple[ReplayAssistantMessage, ReplayToolCall, ReplayToolResult]]:
     """Pairs whose call and result rows no corruption touched and whose step is not left
     before every user message."""
-    results = {m.call_id: i for i, m in enumerate(history) if isinstance(m, ToolResult)}
+    results = {m.call_id: i for i, m in enumerate(history) if isinstance(m, ReplayToolResult)}
     first_row = {}
     for row, tag in enumerate(corrupted.tags):
         first_row.setdefault(tag, row)
     users = [row for row, m in enumerate(corrupted.rows) if isinstance(m, UserMessage)]
     out = []
     for index, message in enumerate(history):
-        if not isinstance(message, AssistantMessage) or index in corrupted.touched:
+        if not isinstance(message, ReplayAssistantMessage) or index in corrupted.touched:
             continue
         if not users or users[0] > first_row[index]:
             continue
         for call in message.tool_calls:
             if results[call.id] not in corrupted.touched:
                 result = history[results[call.id]]
-                assert isinstance(result, ToolResult)
+                assert isinstance(result, ReplayToolResult)
                 out.append((message, call, result))
     return out
 
@@ -145,7 +147,7 @@ def test_every_change_is_reported(data: st.DataObject, mode: str) -> None:
     synthetic = [
         m
         for m in result.messages
-        if isinstance(m, ToolResult) and m.content == (TextPart(INTERRUPTED),) and m.is_error
+        if isinstance(m, ReplayToolResult) and m.content == (TextPart(INTERRUPTED),) and m.is_error
     ]
     leading_synthetic = sum(
         1 for r in result.repairs if r.kind == "dropped_leading" and r.position is None
@@ -154,8 +156,8 @@ def test_every_change_is_reported(data: st.DataObject, mode: str) -> None:
     if mode == "drop":
         assert not synthetic
     dropped_results = kinds["orphan_result"] + kinds["duplicate_result"]
-    results_in = sum(isinstance(m, ToolResult) for m in messages)
-    results_out = sum(isinstance(m, ToolResult) for m in result.messages) - len(synthetic)
+    results_in = sum(isinstance(m, ReplayToolResult) for m in messages)
+    results_out = sum(isinstance(m, ReplayToolResult) for m in result.messages) - len(synthetic)
     leading = sum(
         1 for r in result.repairs if r.kind == "dropped_leading" and r.call_id is not None
     )

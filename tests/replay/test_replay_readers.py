@@ -13,15 +13,15 @@ from store.messages import ToolCall as StoredCall
 from store.replay import (
     AnthropicRedactedThinking,
     AnthropicThinking,
-    AssistantMessage,
     DeepSeekReasoning,
     ImagePart,
     JsonPart,
     OpenAIReasoning,
+    ReplayAssistantMessage,
     ReplayInputError,
+    ReplayToolCall,
+    ReplayToolResult,
     TextPart,
-    ToolCall,
-    ToolResult,
     UserMessage,
     build_request,
     from_stored_messages,
@@ -53,11 +53,13 @@ def test_fixture_rows_become_one_message_each() -> None:
     assert len(messages) == 94
     assert [m.position for m in messages] == list(range(94))
     assert messages[0] == UserMessage((TextPart("Create a landing page for a bakery"),), 0)
-    assert messages[2] == AssistantMessage((), (ToolCall("call_a4c1", "read_document", {}),), (), 2)
-    assert messages[3] == ToolResult(
+    assert messages[2] == ReplayAssistantMessage(
+        (), (ReplayToolCall("call_a4c1", "read_document", {}),), (), 2
+    )
+    assert messages[3] == ReplayToolResult(
         "call_a4c1", "read_document", (JsonPart({"ok": True}),), False, 3
     )
-    assert messages[90] == ToolResult(
+    assert messages[90] == ReplayToolResult(
         "call_37ac", "read_document", (JsonPart({"ok": True}),), False, 90
     )
 
@@ -95,9 +97,9 @@ def test_instatic_blocks_strings_errors_and_order() -> None:
     messages = read_instatic_json({"rows": rows}, conversation_id="c1")
     assert messages == [
         UserMessage((TextPart("look"), ImagePart("image/png", "aGk=")), 1),
-        AssistantMessage((), (ToolCall("x", "insertHtml", {"a": 1}),), (), 2),
-        ToolResult("x", "insertHtml", (TextPart("boom"),), True, 3),
-        ToolResult("y", "insertHtml", (JsonPart({"ok": False}),), True, 4),
+        ReplayAssistantMessage((), (ReplayToolCall("x", "insertHtml", {"a": 1}),), (), 2),
+        ReplayToolResult("x", "insertHtml", (TextPart("boom"),), True, 3),
+        ReplayToolResult("y", "insertHtml", (JsonPart({"ok": False}),), True, 4),
     ]
     assert len(read_instatic_json(rows)) == 5  # a bare list, no filter
 
@@ -222,11 +224,11 @@ STORED = [
 def test_store_history_keeps_reasoning_and_provider_data() -> None:
     assert from_stored_messages(STORED) == [
         UserMessage((TextPart("hi"), ImagePart("image/png", "aGk=")), 0),
-        AssistantMessage(
+        ReplayAssistantMessage(
             (TextPart("Looking."),),
             (
-                ToolCall("c1", "read_document", {}, "ts1", None),
-                ToolCall("c2", "insertHtml", {"html": "x"}, None, "fc_2"),
+                ReplayToolCall("c1", "read_document", {}, "ts1", None),
+                ReplayToolCall("c2", "insertHtml", {"html": "x"}, None, "fc_2"),
             ),
             (
                 OpenAIReasoning("rs_1", "enc", ("plan",)),
@@ -236,8 +238,8 @@ def test_store_history_keeps_reasoning_and_provider_data() -> None:
             ),
             1,
         ),
-        ToolResult("c1", "read_document", (JsonPart({"ok": True}),), False, 2),
-        ToolResult("c2", "insertHtml", (TextPart("nope"),), True, 3),
+        ReplayToolResult("c1", "read_document", (JsonPart({"ok": True}),), False, 2),
+        ReplayToolResult("c2", "insertHtml", (TextPart("nope"),), True, 3),
     ]
 
 

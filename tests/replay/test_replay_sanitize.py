@@ -8,11 +8,11 @@ from store.messages import INTERRUPTED
 from store.replay import (
     PROVIDERS,
     REPAIR_KINDS,
-    AssistantMessage,
     OpenAIReasoning,
+    ReplayAssistantMessage,
+    ReplayToolResult,
     SystemMessage,
     TextPart,
-    ToolResult,
     UserMessage,
     build_request,
     sanitize,
@@ -61,7 +61,7 @@ def test_unanswered_call_is_closed_with_an_interrupted_error() -> None:
     assert kinds(result) == [("closed_unanswered_call", 1, "y")]
     assert result.messages[1] == asst(call("x"), call("y"), reasoning=(RS1,), pos=1)
     synthetic = result.messages[3]
-    assert synthetic == ToolResult("y", "f", (TextPart(INTERRUPTED),), True, None)
+    assert synthetic == ReplayToolResult("y", "f", (TextPart(INTERRUPTED),), True, None)
     assert_accepted(result)
 
 
@@ -252,7 +252,7 @@ def test_result_named_differently_from_its_call_takes_the_call_name() -> None:
 
 
 def test_every_reported_kind_is_documented() -> None:
-    rows: list[UserMessage | AssistantMessage | ToolResult] = [
+    rows: list[UserMessage | ReplayAssistantMessage | ReplayToolResult] = [
         res("q", pos=0),
         user("hi", 1),
         user("hi", 2),
@@ -278,7 +278,9 @@ def test_ids_reused_many_times_get_distinct_names() -> None:
         rows += [asst(call("x", i=i), pos=2 * i + 1), res("x", pos=2 * i + 2)]
     rows += [asst(call("x_3"), pos=9), res("x_3", pos=10)]
     result = sanitize(rows)
-    ids = [c.id for m in result.messages if isinstance(m, AssistantMessage) for c in m.tool_calls]
+    ids = [
+        c.id for m in result.messages if isinstance(m, ReplayAssistantMessage) for c in m.tool_calls
+    ]
     assert ids == ["x", "x_2", "x_4", "x_5", "x_3"]
     assert_accepted(result)
 
