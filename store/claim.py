@@ -129,7 +129,7 @@ async def begin_turn(
         content_json,
         hashlib.sha256(content_json.encode()).hexdigest(),
         idempotency_key,
-        store.owner,
+        store._owner,
     )
     timeout = store.config.busy_timeout if timeout is None else timeout
     started = anyio.current_time()
@@ -155,19 +155,19 @@ async def _begin(
     if idempotency_key is not None:
         # A submit of the same key and message by this process is being decided right now
         # (a double click): it will be the turn, this one its duplicate. Without a write.
-        earlier = store.wakeups.submit_in_flight(conversation_id, idempotency_key)
+        earlier = store._wakeups.submit_in_flight(conversation_id, idempotency_key)
         if earlier is not None and earlier.content_hash == submit.content_hash:
             await earlier.decided.wait()
             decision = earlier.duplicate
     # The same submit again after its claim's outcome was unknown: the same turn id, so
     # that a claim that landed is recognised as this submit's own, not as a duplicate.
     unknown = (conversation_id, idempotency_key or submit.content_hash)
-    resumed = store.unknown_claims.pop(unknown, None)
+    resumed = store._unknown_claims.pop(unknown, None)
     turn_id = resumed or f"turn_{uuid.uuid4().hex}"
     try:
-        with store.wakeups.deciding(conversation_id, turn_id):
+        with store._wakeups.deciding(conversation_id, turn_id):
             if decision is None:
-                with store.wakeups.submitting(
+                with store._wakeups.submitting(
                     conversation_id, idempotency_key, submit.content_hash
                 ) as f:
                     decision = await _decide(
@@ -180,7 +180,7 @@ async def _begin(
         # The submit may stand in the database (claimed by an attempt whose reply was lost,
         # or waiting in line): the same submit again goes on with the same turn id, and is
         # answered as this submit, never as a duplicate of itself.
-        store.unknown_claims[unknown] = turn_id
+        store._unknown_claims[unknown] = turn_id
         if isinstance(exc, WriteNotApplied) and resumed is None and decision is None:
             raise  # nothing of this submit can be in the database
         raise OutcomeUnknown(
@@ -215,13 +215,14 @@ async def _decide(
 ) -> Decision:
     """One claim decision (retried on transient failures: each retry asks the database
     whether the attempt before it landed). ``retry``: an earlier call's attempt may have."""
+    store._claim_decisions[0 if first else 1] += 1
     attempts = 0
     # A turn of this process holds the conversation: this submit will queue behind it (or
     # is a duplicate), and that turn's next write comes within moments. Ride in its batch
     # rather than take a transaction of its own on the conversation's critical path.
     linger = (
         CLAIM_LINGER_SECONDS
-        if first and on_busy == "wait" and store.wakeups.held_here(submit.conversation_id)
+        if first and on_busy == "wait" and store._wakeups.held_here(submit.conversation_id)
         else 0.0
     )
 
@@ -229,9 +230,9 @@ async def _decide(
         nonlocal attempts
         attempts += 1
         wait = linger if attempts == 1 else 0.0  # a retry goes at once
-        fast = await store.backend.claim_fast(
+        fast = await store._backend.claim_fast(
             ClaimRequest(
-                lock_key=store.backend.lock_key(submit.conversation_id),
+                lock_key=store._backend.lock_key(submit.conversation_id),
                 conversation_id=submit.conversation_id,
                 turn_id=turn_id,
                 idempotency_key=submit.idempotency_key,
@@ -258,10 +259,10 @@ async def _decide(
                     return landed
             return await _decide_in(store, tx, submit, turn_id, on_busy, first=first)
 
-        return await store.backend.transaction(submit.conversation_id, decide, linger=wait)
+        return await store._backend.transaction(submit.conversation_id, decide, linger=wait)
 
     with anyio.CancelScope(shield=True):
-        decision = await store.backend.retrying(attempt)
+        decision = await store._backend.retrying(attempt)
     return decision
 
 
@@ -440,7 +441,7 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
     cid = submit.conversation_id
     delay = store.config.poll_min_seconds
     telemetry.queued_submits.add(1)
-    with store.wakeups.queued(cid, turn_id) as waiter, _counted_out():
+    with store._wakeups.queued(cid, turn_id) as waiter, _counted_out():
         try:
             while waiter.handed is None:
                 remaining = deadline - anyio.current_time()
@@ -448,12 +449,12 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
                     break
                 # A turn of this process that holds the conversation hands it over or wakes
                 # the line when it ends: poll only to keep this turn's own lease alive.
-                if store.wakeups.held_here(cid):
+                if store._wakeups.held_here(cid):
                     pause = store.config.heartbeat_seconds or delay
                 else:
                     pause = delay
                     delay = min(delay * 2, store.config.poll_max_seconds)
-                await store.wakeups.sleep(waiter, min(pause, remaining))
+                await store._wakeups.sleep(waiter, min(pause, remaining))
                 if waiter.handed is not None:
                     break
                 try:
@@ -495,12 +496,12 @@ async def _give_up(
         return None
 
     def attempt() -> Awaitable[Claimed | TakenOver | None]:
-        return store.backend.transaction(cid, leave)
+        return store._backend.transaction(cid, leave)
 
     with anyio.CancelScope(shield=True):
-        started = await store.backend.retrying(attempt)
+        started = await store._backend.retrying(attempt)
     if started is None:  # its duplicates learn it; the next in line may claim
-        store.wakeups.turn_ended(cid, TurnOutcome(turn_id, "refused", why, 0), handed_over=False)
+        store._wakeups.turn_ended(cid, TurnOutcome(turn_id, "refused", why, 0), handed_over=False)
     return started
 
 

@@ -110,8 +110,8 @@ async def run_demo(
         async with anyio.create_task_group() as tg:
             for w in range(workers):
                 tg.start_soon(worker, w)
-        report = await check(store.backend)  # the whole database
-        async with store.backend.read() as tx:
+        report = await check(store._backend)  # the whole database
+        async with store._backend.read() as tx:
             mine = [
                 t
                 for t in await tx.all("check_turns")

@@ -72,15 +72,15 @@ async def erase(store: Store, conversation_id: str, *, force: bool = False) -> E
         return Erased(cid, messages, turns, staged, marks, writes)
 
     def attempt() -> Awaitable[Erased | _Refused]:
-        return store.backend.transaction(cid, work)
+        return store._backend.transaction(cid, work)
 
     with anyio.CancelScope(shield=True):  # once started, it completes: the caller learns how
         try:
-            outcome = await store.backend.retrying(attempt)
+            outcome = await store._backend.retrying(attempt)
         except Exception as exc:
-            raise store.backend.translate(exc) from exc
+            raise store._backend.translate(exc) from exc
     if isinstance(outcome, _Refused):
         raise ConversationInUse(cid, outcome.live)
-    for key in [k for k in store.unknown_claims if k[0] == cid]:
-        del store.unknown_claims[key]
+    for key in [k for k in store._unknown_claims if k[0] == cid]:
+        del store._unknown_claims[key]
     return outcome

@@ -91,6 +91,28 @@ class GroupCommit(Generic[Op, Result]):
         self.batches = 0
         self.writes = 0
 
+    def queued(self) -> int:
+        """How many writes wait for a batch (the lingering ones included)."""
+        return len(self._queue)
+
+    def lingering(self) -> int:
+        """How many writes wait to ride in a batch that another write will start."""
+        return sum(1 for p in self._queue if p.lingering)
+
+    def running(self) -> int:
+        """How many batches are in flight."""
+        return self._running
+
+    def intercept(
+        self, wrap: Callable[[ApplyBatch[Op, Result]], ApplyBatch[Op, Result]]
+    ) -> ApplyBatch[Op, Result]:
+        """A hook for tests and benchmarks (``store.hooks``): from now on each batch is
+        applied by what ``wrap`` makes of the current ``apply`` (to hold batches up, or to
+        answer without a database). Returns the ``apply`` it replaced, to put back."""
+        previous = self._apply
+        self._apply = wrap(previous)
+        return previous
+
     async def submit(self, op: Op, *, linger: float = 0.0) -> Result:
         """Apply ``op`` (with whatever else is waiting) and return its answer, or raise its
         error. Runs to the end even if the caller is cancelled: other callers' writes may

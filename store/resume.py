@@ -52,10 +52,10 @@ async def resume_turn(store: Store, turn_id: str, *, epoch: int | None = None) -
     are fenced like the first handle's: whichever writes after a takeover is refused."""
 
     async def read() -> Any:
-        async with store.backend.read() as tx:
+        async with store._backend.read() as tx:
             return await tx.one("resume_turn", turn_id=turn_id)
 
-    row = await store.backend.retrying(read, write=False)
+    row = await store._backend.retrying(read, write=False)
     if row is None:
         raise TurnNotFound(f"no turn {turn_id!r}")
     if epoch is not None and int(row.epoch) != epoch:
@@ -129,10 +129,10 @@ async def read_staged_step(store: Store, turn: Turn, step: int) -> Any:
     """The payload staged for ``step`` of ``turn`` (decoded JSON), or None."""
 
     async def read() -> Any:
-        async with store.backend.read() as tx:
+        async with store._backend.read() as tx:
             return await tx.scalar("staged_step", turn_id=turn.id, step=step)
 
-    payload = await store.backend.retrying(read, write=False)
+    payload = await store._backend.retrying(read, write=False)
     if payload is None:
         return None
     return json.loads(payload) if isinstance(payload, str | bytes) else payload
@@ -184,13 +184,13 @@ async def stage_step(
         return None
 
     def attempt() -> Awaitable[str | None]:
-        return store.backend.transaction(turn.conversation_id, work)
+        return store._backend.transaction(turn.conversation_id, work)
 
     with anyio.CancelScope(shield=True):
         try:
-            refused = await store.backend.retrying(attempt)
+            refused = await store._backend.retrying(attempt)
         except Exception as exc:
-            raise store.backend.translate(exc) from exc
+            raise store._backend.translate(exc) from exc
     if refused is None:
         return
     status, _, detail = refused.partition(":")

@@ -93,15 +93,18 @@ class Store:
     ``async with Store.open(url) as store``."""
 
     def __init__(self, backend: Backend, config: StoreConfig) -> None:
-        self.backend = backend
+        self._backend = backend
         self.config = config
         backend.retry_seconds = config.retry_seconds
         self.limits = config.limits
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.wakeups = LocalWakeups()
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wakeups = LocalWakeups()
         #: claims whose outcome is unknown, by (conversation, idempotency key or content
         #: hash): the same submit again reuses the turn id, to be answered exactly
-        self.unknown_claims: dict[tuple[str, str], str] = {}
+        self._unknown_claims: dict[tuple[str, str], str] = {}
+        #: claim decisions asked of the database: [by first submits, by polls of queued
+        #: ones] (``store.hooks.claim_decisions``)
+        self._claim_decisions = [0, 0]
 
     @staticmethod
     def open(
@@ -144,10 +147,10 @@ class Store:
         ``python -m store migrate`` does); return the versions applied. On PostgreSQL a
         statement waits at most ``lock_timeout`` seconds for a table's lock, and a migration
         that timed out is tried again, ``attempts`` times in all (``MigrationBlocked``)."""
-        return await self.backend.migrate(lock_timeout=lock_timeout, attempts=attempts)
+        return await self._backend.migrate(lock_timeout=lock_timeout, attempts=attempts)
 
     async def close(self) -> None:
-        await self.backend.close()
+        await self._backend.close()
 
     async def __aenter__(self) -> Store:
         return self
@@ -230,10 +233,10 @@ class Store:
 
     async def turn_status(self, turn_id: str) -> TurnInfo:
         async def read() -> Any:
-            async with self.backend.read() as tx:
+            async with self._backend.read() as tx:
                 return await tx.one("turn_info", turn_id=turn_id)
 
-        row = await self.backend.retrying(read, write=False)
+        row = await self._backend.retrying(read, write=False)
         if row is None:
             raise TurnNotFound(f"no turn {turn_id!r}")
         return TurnInfo(
@@ -256,19 +259,19 @@ class Store:
         delay = 0.05
         recheck_at = anyio.current_time() + _LOCAL_RECHECK_S
         while True:
-            outcome = self.wakeups.outcome(turn_id)
+            outcome = self._wakeups.outcome(turn_id)
             if outcome is not None:
                 return outcome  # type: ignore[no-any-return]
             now = anyio.current_time()
-            if not self.wakeups.lives_here(turn_id) or now >= recheck_at:
+            if not self._wakeups.lives_here(turn_id) or now >= recheck_at:
                 info = await self.turn_status(turn_id)
                 if info.status in TERMINAL:
                     return TurnOutcome(info.id, info.status, info.error, info.steps)
                 recheck_at = now + _LOCAL_RECHECK_S
-            await self.wakeups.sleep_until_ended(turn_id, delay)
+            await self._wakeups.sleep_until_ended(turn_id, delay)
             delay = min(delay * 2, 0.5)
 
-    async def hand_over(self, tx: Tx, end: TurnEnd) -> ClaimRow | None:
+    async def _hand_over(self, tx: Tx, end: TurnEnd) -> ClaimRow | None:
         """Inside the transaction that ends a turn, start the next turn in line (see
         ``claim.hand_over``); the backends call it."""
         return await claim.hand_over(self, tx, end)
@@ -281,8 +284,8 @@ class Store:
         cut, so that a window always starts on a user message and replays as a whole
         conversation. ``last=0``: none."""
 
-        return await self.backend.retrying(
-            lambda: read_history(self.backend, conversation_id, last), write=False
+        return await self._backend.retrying(
+            lambda: read_history(self._backend, conversation_id, last), write=False
         )
 
     async def replay(
@@ -303,8 +306,8 @@ class Store:
         (a system message for OpenAI, ``system`` for Anthropic, ``systemInstruction`` for
         Gemini)."""
         with telemetry.span("replay", conversation_id) as span:
-            rows = await self.backend.retrying(
-                lambda: read_replay_rows(self.backend, conversation_id, last), write=False
+            rows = await self._backend.retrying(
+                lambda: read_replay_rows(self._backend, conversation_id, last), write=False
             )
             body, repairs = replay_rows(rows, provider, unanswered=unanswered, system=system)
             if span.is_recording():

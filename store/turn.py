@@ -100,7 +100,7 @@ class Turn:
         #: turn commits it (``_end``)
         self._staged: StepBuffer | None = None
         if not duplicate and status == "running":
-            store.wakeups.turn_started(self)
+            store._wakeups.turn_started(self)
 
     def __repr__(self) -> str:
         kind = "duplicate of " if self.duplicate else ""
@@ -205,7 +205,7 @@ class Turn:
             return await refusal(tx, self.id)
 
         def attempt() -> Awaitable[str | None]:
-            return store.backend.transaction(self.conversation_id, renew)
+            return store._backend.transaction(self.conversation_id, renew)
 
         with anyio.CancelScope(shield=True):
             refused = await self._run_write(attempt, None)
@@ -285,7 +285,7 @@ class Turn:
         store = self._store
         return StepWrite.of(
             encoded,
-            lock_key=store.backend.lock_key(self.conversation_id),
+            lock_key=store._backend.lock_key(self.conversation_id),
             conversation_id=self.conversation_id,
             turn_id=self.id,
             epoch=self.epoch,
@@ -319,7 +319,7 @@ class Turn:
         write = self._write_for(encoded)
         with anyio.CancelScope(shield=True):
             try:
-                outcome = await self._run_write(lambda: store.backend.commit_step(write), write)
+                outcome = await self._run_write(lambda: store._backend.commit_step(write), write)
             except OutcomeUnknown:
                 self._unsettled = write
                 raise
@@ -346,7 +346,7 @@ class Turn:
         last = write.position + len(write.call_ids)
 
         async def read() -> Sequence[Any]:
-            async with store.backend.read() as tx:
+            async with store._backend.read() as tx:
                 return await tx.all(
                     "step_rows",
                     conversation_id=self.conversation_id,
@@ -355,7 +355,7 @@ class Turn:
                 )
 
         with anyio.CancelScope(shield=True):
-            rows = await store.backend.retrying(read, write=False)
+            rows = await store._backend.retrying(read, write=False)
         return write.matches_rows(rows)
 
     async def _settle(self) -> StepWrite | None:
@@ -384,9 +384,9 @@ class Turn:
         token and the step's content make a repeat safe) and translate database errors
         into ours."""
         try:
-            return await self._store.backend.retrying(attempt)
+            return await self._store._backend.retrying(attempt)
         except Exception as exc:
-            translated = self._store.backend.translate(exc)
+            translated = self._store._backend.translate(exc)
             if (
                 isinstance(translated, IntegrityViolation)
                 and write is not None
@@ -401,7 +401,7 @@ class Turn:
         store = self._store
 
         async def used() -> list[str]:
-            async with store.backend.read() as tx:
+            async with store._backend.read() as tx:
                 return [
                     call_id
                     for call_id in write.call_ids
@@ -412,7 +412,7 @@ class Turn:
                 ]
 
         with anyio.CancelScope(shield=True):
-            reused = await store.backend.retrying(used, write=False)
+            reused = await store._backend.retrying(used, write=False)
         which = ", ".join(repr(c) for c in reused) or "one of its tool call ids"
         return InvalidMessage(
             f"tool call id {which} is already used in conversation {self.conversation_id!r}; "
@@ -449,7 +449,7 @@ class Turn:
                     await self._commit_locked(closed)
             write = self._write_for(final) if final is not None else None
             end = TurnEnd(
-                lock_key=store.backend.lock_key(self.conversation_id),
+                lock_key=store._backend.lock_key(self.conversation_id),
                 conversation_id=self.conversation_id,
                 turn_id=self.id,
                 epoch=self.epoch,
@@ -461,7 +461,7 @@ class Turn:
 
             with anyio.CancelScope(shield=True):
                 ended = await self._run_write(
-                    lambda: store.backend.end_turn(end, store.hand_over), write
+                    lambda: store._backend.end_turn(end, store._hand_over), write
                 )
             if ended.refused is not None:
                 ended_status = ended.refused.partition(":")[0]
@@ -470,10 +470,10 @@ class Turn:
             if write is not None:
                 self._committed(write)
             self.status = status
-        handed = ended.handed_to is not None and store.wakeups.handed_over(
+        handed = ended.handed_to is not None and store._wakeups.handed_over(
             self.conversation_id, ended.handed_to
         )
-        store.wakeups.turn_ended(
+        store._wakeups.turn_ended(
             self.conversation_id,
             TurnOutcome(self.id, status, error, self.steps),
             handed_over=handed,

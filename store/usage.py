@@ -210,13 +210,13 @@ async def record_usage(
         )
 
     def attempt() -> Awaitable[UsageRecord | str]:
-        return store.backend.transaction(conversation_id, work)
+        return store._backend.transaction(conversation_id, work)
 
     with anyio.CancelScope(shield=True):
         try:
-            outcome = await store.backend.retrying(attempt)
+            outcome = await store._backend.retrying(attempt)
         except Exception as exc:
-            raise store.backend.translate(exc) from exc
+            raise store._backend.translate(exc) from exc
     if isinstance(outcome, UsageRecord):
         return outcome
     why, _, detail = outcome.partition(":")
@@ -243,10 +243,10 @@ async def usage_of_turn(store: Store, turn_id: str) -> list[UsageRecord]:
     """Every usage report of a turn, in the order recorded."""
 
     async def read() -> Sequence[Any]:
-        async with store.backend.read() as tx:
+        async with store._backend.read() as tx:
             return await tx.all("usage_of_turn", turn_id=turn_id)
 
-    rows = await store.backend.retrying(read, write=False)
+    rows = await store._backend.retrying(read, write=False)
     return [_record(turn_id, row) for row in rows]
 
 
@@ -269,12 +269,12 @@ async def conversation_usage(
     user message is at ``from_position`` or later (a history window's turns), by turn id."""
 
     async def read() -> tuple[Any, Sequence[Any]]:
-        async with store.backend.read() as tx:
+        async with store._backend.read() as tx:
             total = await tx.one("usage_total", conversation_id=conversation_id)
             by_turn = await tx.all(
                 "usage_by_turn", conversation_id=conversation_id, from_position=from_position
             )
             return total, by_turn
 
-    total, by_turn = await store.backend.retrying(read, write=False)
+    total, by_turn = await store._backend.retrying(read, write=False)
     return _totals(total), {row.turn_id: _totals(row) for row in by_turn}

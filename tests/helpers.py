@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from store import AssistantMessage, Store, StoreConfig, ToolCall, ToolResult
+from store import AssistantMessage, Store, StoreConfig, ToolCall, ToolResult, hooks
 from store.checker import check
 
 # another process that polls every 3 s: anything that happens sooner was not its poll
@@ -24,14 +24,14 @@ def step(prefix: str, calls: int = 2) -> tuple[AssistantMessage, list[ToolResult
 
 
 async def assert_clean(store: Store) -> None:
-    report = await check(store.backend)
+    report = await check(hooks.backend(store))
     assert report.ok, report.violations[:10]
 
 
 async def count_rows(store: Store, conversation_id: str | None = None) -> tuple[int, int]:
     """(turns, messages) in the store, optionally for one conversation."""
     report_turns = 0
-    async with store.backend.read() as tx:
+    async with hooks.backend(store).read() as tx:
         turns = await tx.all("check_turns")
         messages = await tx.all("check_messages")
     if conversation_id is not None:
@@ -59,7 +59,7 @@ async def wait_until(
 
 async def queued(store: Store, conversation_id: str) -> int:
     """How many turns wait in line for ``conversation_id``."""
-    async with store.backend.read() as tx:
+    async with hooks.backend(store).read() as tx:
         turns = await tx.all("check_turns")
     return sum(1 for t in turns if t.conversation_id == conversation_id and t.status == "queued")
 
@@ -76,4 +76,4 @@ async def wait_queued(store: Store, conversation_id: str, count: int) -> None:
 def lingering(store: Store) -> int:
     """How many writes of this store linger in its group commit, waiting to ride in another
     write's batch (``store.group_commit``)."""
-    return sum(1 for p in store.backend._writes._queue if p.lingering)  # type: ignore[attr-defined]
+    return hooks.group_commit(store).lingering()

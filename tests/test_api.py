@@ -14,6 +14,7 @@ from store import (
     ToolResult,
     TurnFinished,
     TurnNotFound,
+    hooks,
 )
 
 from .conftest import Target
@@ -58,10 +59,12 @@ async def test_finish_commits_a_last_step_with_tool_calls_and_ends_in_one_write(
     """A step whose calls end the turn (a terminal tool) and the end: one transaction."""
     turn = await store.begin_turn("c", "publish the page")
     await turn.commit_step(*step("a", 1))
-    before = store.backend.write_batches()
+    before = hooks.backend(store).write_batches()
     message, results = step("last", 2)
     await turn.finish(message, list(reversed(results)))
-    batches, writes = (a - b for a, b in zip(store.backend.write_batches(), before, strict=True))
+    batches, writes = (
+        a - b for a, b in zip(hooks.backend(store).write_batches(), before, strict=True)
+    )
     assert (batches, writes) == (1, 1)
     info = await store.turn_status(turn.id)
     assert (info.status, info.steps, turn.steps) == ("finished", 2, 2)
@@ -245,8 +248,8 @@ async def test_schema_migrations_are_recorded_and_idempotent(store: Store) -> No
     from store import sql
 
     assert await store.migrate() == []
-    expected = [m.version for m in sql.migrations(store.backend.dialect)]
-    assert await store.backend.applied_versions() == expected
+    expected = [m.version for m in sql.migrations(hooks.backend(store).dialect)]
+    assert await hooks.backend(store).applied_versions() == expected
 
 
 async def test_forgetting_to_await_open_explains_itself(target: Target) -> None:
@@ -273,6 +276,6 @@ async def test_waiting_on_other_processes_turns_leaves_nothing_behind(
             turn = await other.begin_turn(f"c{i}", "go")
             await turn.finish()
             assert (await store.wait_for_turn(turn.id)).status == "finished"
-        assert store.wakeups.pending_events() == 0
+        assert hooks.pending_wakeups(store) == 0
     finally:
         await other.close()

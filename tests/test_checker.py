@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import anyio
 
-from store import Store
+from store import Store, hooks
 from store.checker import _check_turns, check
 
 from .conftest import Target
@@ -82,7 +82,7 @@ async def test_a_clean_store_passes(store: Store, target: Target) -> None:
 
 async def test_corruption_is_found_and_reported(store: Store, target: Target) -> None:
     await _write_corruption(target)
-    report = await check(store.backend)
+    report = await check(hooks.backend(store))
     kinds = report.counts()
     assert kinds["orphan_result"] == 1
     assert kinds["unanswered_call"] == 1

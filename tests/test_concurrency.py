@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from store import ConversationBusy, InvalidMessage, Store, StoreConfig
+from store import ConversationBusy, InvalidMessage, Store, StoreConfig, hooks
 
 from .conftest import OpenStore, Target
 from .helpers import assert_clean, count_rows, step, wait_queued
@@ -126,19 +126,7 @@ async def test_many_tasks_many_conversations_stay_consistent(
         assert positions == list(range(len(positions)))
 
 
-async def test_a_double_click_in_one_process_asks_the_database_once(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from store import claim
-
-    decided: list[bool] = []
-    decide = claim._decide
-
-    async def counting(*args: object, first: bool, **kwargs: object) -> object:
-        decided.append(first)
-        return await decide(*args, first=first, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(claim, "_decide", counting)
+async def test_a_double_click_in_one_process_asks_the_database_once(store: Store) -> None:
     handles = []
 
     async def submit() -> None:
@@ -147,7 +135,7 @@ async def test_a_double_click_in_one_process_asks_the_database_once(
     async with anyio.create_task_group() as tg:
         for _ in range(10):
             tg.start_soon(submit)
-    assert decided == [True]  # the other nine waited for its decision
+    assert hooks.claim_decisions(store) == (1, 0)  # the other nine waited for its decision
     assert len({h.id for h in handles}) == 1 and sum(not h.duplicate for h in handles) == 1
     with pytest.raises(InvalidMessage, match="different message"):  # not a double click
         await store.begin_turn("c", "something else", idempotency_key="req-1")

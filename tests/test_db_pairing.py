@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from store import Store
+from store import Store, hooks
 from store.backends.base import Tx
 
 from .conftest import Target
@@ -153,7 +153,7 @@ async def test_a_write_refused_at_commit_leaves_the_writer_usable(store: Store) 
         )  # fmt: skip
 
     with pytest.raises(Exception, match=r"(?i)constraint|violat"):
-        await store.backend.transaction("c", unanswered_call)
+        await hooks.backend(store).transaction("c", unanswered_call)
     assert [m.role for m in await store.history("c")] == ["user"]
     await turn.finish("still fine")
     assert [m.role for m in await store.history("c")] == ["user", "assistant"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from store import ConversationInUse, LeaseLost, Store
+from store import ConversationInUse, LeaseLost, Store, hooks
 
 from .conftest import Target
 from .helpers import assert_clean, count_rows, step
@@ -28,7 +28,7 @@ TABLES = (
 async def _rows(store: Store, conversation_id: str) -> dict[str, int]:
     """Rows of each table that belong to ``conversation_id``, read straight from the tables."""
     found = {}
-    async with store.backend.engine.connect() as conn:
+    async with hooks.backend(store).engine.connect() as conn:
         for table in TABLES:
             if table == "turnstore_staged_steps":
                 query = (

@@ -37,6 +37,7 @@ from store import (
     StoreError,
     StoreUnavailable,
     Turn,
+    hooks,
 )
 from store.checker import check
 from store.messages import INTERRUPTED
@@ -299,7 +300,7 @@ async def check_after(storm: Storm) -> None:
                 status = (await store.turn_status(record.turn_id)).status
                 if status != "finished":
                     failures.append(f"{record.key}: finish() returned, the turn is {status}")
-    report = await check(store.backend)
+    report = await check(hooks.backend(store))
     failures += [f"checker: {v}" for v in report.violations[:10]]
     try:
         with anyio.fail_after(30):
@@ -565,7 +566,7 @@ async def test_sqlite_survives_a_process_killed_inside_its_write_transaction(
             "after: working",
         ]
         assert [m.position for m in history] == list(range(len(history)))
-        async with store.backend.read() as tx:
+        async with hooks.backend(store).read() as tx:
             turns = await tx.all("check_turns")
         assert [t.conversation_id for t in turns] == ["c", "c"]  # no ghost committed
         await assert_clean(store)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from store import InvalidMessage, Store
+from store import InvalidMessage, Store, hooks
 from store.group_commit import GroupCommit
 
 from .helpers import assert_clean, step
@@ -257,7 +257,7 @@ async def test_a_refused_step_in_a_shared_batch_fails_alone_on_the_database(
     await turns[7].commit_step(*step("used", calls=2))
     await turns[7].finish()
     turns[7] = await store.begin_turn("c7", "again")
-    before = store.backend.write_batches()
+    before = hooks.backend(store).write_batches()
     outcomes: dict[int, object] = {}
 
     async def commit(i: int) -> None:
@@ -269,7 +269,9 @@ async def test_a_refused_step_in_a_shared_batch_fails_alone_on_the_database(
     async with anyio.create_task_group() as tg:
         for i in range(20):
             tg.start_soon(commit, i)
-    batches, writes = (a - b for a, b in zip(store.backend.write_batches(), before, strict=True))
+    batches, writes = (
+        a - b for a, b in zip(hooks.backend(store).write_batches(), before, strict=True)
+    )
     assert batches < writes  # the writes did share batches
     assert isinstance(outcomes.pop(7), InvalidMessage)
     assert set(outcomes.values()) == {1}  # every other turn committed its first step

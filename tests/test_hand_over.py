@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from store import ConversationBusy, Store, claim
+from store import ConversationBusy, Store, claim, hooks
 from store.claim import Submit
 
 from .conftest import OpenStore
@@ -21,7 +21,7 @@ async def _status(store: Store, turn_id: str) -> str:
 
 
 async def _queued_turn_id(store: Store, conversation_id: str) -> str:
-    async with store.backend.read() as tx:
+    async with hooks.backend(store).read() as tx:
         turns = await tx.all("check_turns")
     (queued,) = [
         t.id for t in turns if t.conversation_id == conversation_id and t.status == "queued"
@@ -62,19 +62,9 @@ async def test_ending_a_turn_starts_the_next_one_in_line(
     await assert_clean(store)
 
 
-async def test_a_waiter_in_this_process_is_told_without_polling(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    polls: list[str] = []
-    decide = claim._decide
-
-    async def counting(*args: Any, first: bool, **kwargs: Any) -> Any:
-        if not first:
-            polls.append("poll")
-        return await decide(*args, first=first, **kwargs)
-
-    monkeypatch.setattr(claim, "_decide", counting)
+async def test_a_waiter_in_this_process_is_told_without_polling(store: Store) -> None:
     first = await store.begin_turn("c", "first")
+    _, polls_before = hooks.claim_decisions(store)
     started: list[Any] = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
@@ -85,7 +75,7 @@ async def test_a_waiter_in_this_process_is_told_without_polling(
             tg.start_soon(submit)
             await wait_queued(store, "c", 1)
             await first.finish()
-    assert polls == []
+    assert hooks.claim_decisions(store)[1] == polls_before  # the waiter never polled
     await started[0].finish()
     assert [m.text for m in await store.history("c")] == ["first", "second"]
 
@@ -125,7 +115,7 @@ async def test_a_waiter_that_times_out_as_it_is_handed_over_runs_its_turn(
     it (its message is written), not ConversationBusy."""
     first = await store.begin_turn("c", "first")
     content = '[{"type":"text","text":"second"}]'
-    submit = Submit("c", content, "hash", "k2", store.owner)
+    submit = Submit("c", content, "hash", "k2", hooks.owner(store))
     queued = await claim._decide(store, submit, "turn_second", "wait", first=True)
     assert isinstance(queued, claim.Queued)
     await first.finish()  # hands over to turn_second

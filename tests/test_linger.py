@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from store import ConversationBusy, Store, claim
+from store import ConversationBusy, Store, claim, hooks
 
 from .conftest import Target
 from .helpers import SLOW_POLLS, assert_clean, lingering, step, wait_until
@@ -18,7 +18,7 @@ from .helpers import SLOW_POLLS, assert_clean, lingering, step, wait_until
 
 def _since(store: Store, before: tuple[int, int]) -> tuple[int, int]:
     """(batches, writes) sent since ``before``."""
-    batches, writes = store.backend.write_batches()
+    batches, writes = hooks.backend(store).write_batches()
     return batches - before[0], writes - before[1]
 
 
@@ -31,7 +31,7 @@ def long_linger(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("long_linger")
 async def test_a_submit_behind_a_local_turn_rides_in_that_turns_next_step(store: Store) -> None:
     first = await store.begin_turn("c", "first")
-    before = store.backend.write_batches()
+    before = hooks.backend(store).write_batches()
     queued: list[Any] = []
     async with anyio.create_task_group() as tg:
 
@@ -76,7 +76,7 @@ async def test_the_next_submit_of_a_handed_over_conversation_rides_with_its_new_
         tg.start_soon(wait_in_line)
         await wait_until(lambda: lingering(store) == 1)
         await first.commit_step(*step("s1"))  # "second" rides with it: it waits in line
-        before = store.backend.write_batches()
+        before = hooks.backend(store).write_batches()
         tg.start_soon(finish_then_submit)
         with anyio.fail_after(10):
             await started.wait()
@@ -99,7 +99,7 @@ async def test_a_lingering_submit_goes_alone_when_its_linger_runs_out(
 ) -> None:
     monkeypatch.setattr(claim, "CLAIM_LINGER_SECONDS", 0.2)
     first = await store.begin_turn("c", "first")  # runs, and writes nothing more for now
-    before = store.backend.write_batches()
+    before = hooks.backend(store).write_batches()
     started = anyio.current_time()
     with pytest.raises(ConversationBusy):
         await store.begin_turn("c", "second", timeout=0.5)
@@ -140,7 +140,7 @@ async def test_a_submit_that_rides_with_the_holders_end_gets_the_turn_without_a_
 
             tg.start_soon(submit)
             await wait_until(lambda: lingering(store) == 1)
-            before = store.backend.write_batches()
+            before = hooks.backend(store).write_batches()
             with anyio.fail_after(30):  # a guard against a hang, not a measure
                 await first.finish()
                 await has_it.wait()
@@ -162,17 +162,20 @@ async def test_a_waiter_is_not_woken_when_another_turn_here_took_the_conversatio
     to poll (the first turn will hand over to it when it ends)."""
     monkeypatch.setattr(claim, "CLAIM_LINGER_SECONDS", 30.0)
     store = await target.open(config=SLOW_POLLS, pool_size=1)  # one batch at a time
-    writes = store.backend._writes  # type: ignore[attr-defined]
-    apply, slow = writes._apply, []
+    writes = hooks.group_commit(store)
+    slow: list[bool] = []
     release = anyio.Event()
 
-    async def slowly(batch: Any) -> Any:
-        if slow:
-            slow.clear()
-            await release.wait()  # until the others have queued behind it
-        return await apply(batch)
+    def held(apply: Any) -> Any:
+        async def slowly(batch: Any) -> Any:
+            if slow:
+                slow.clear()
+                await release.wait()  # until the others have queued behind it
+            return await apply(batch)
 
-    writes._apply = slowly
+        return slowly
+
+    writes.intercept(held)
     try:
         holder = await store.begin_turn("c", "first")
         others = [await store.begin_turn(cid, "other") for cid in ("d", "e")]
@@ -186,16 +189,16 @@ async def test_a_waiter_is_not_woken_when_another_turn_here_took_the_conversatio
 
             slow.append(True)
             tg.start_soon(others[0].commit_step, *step("d"))  # holds the batch slot
-            await wait_until(lambda: writes._running == 1)
-            before = store.backend.write_batches()
+            await wait_until(lambda: writes.running() == 1)
+            before = hooks.backend(store).write_batches()
             tg.start_soon(submit, "second")
             await wait_until(lambda: lingering(store) == 1)
             tg.start_soon(submit, "third")
             await wait_until(lambda: lingering(store) == 2)
             tg.start_soon(others[1].commit_step, *step("e"))  # will lead the next batch
-            await wait_until(lambda: len(writes._queue) == 3)
+            await wait_until(lambda: writes.queued() == 3)
             tg.start_soon(holder.finish)  # rides in it
-            await wait_until(lambda: len(writes._queue) == 4)
+            await wait_until(lambda: writes.queued() == 4)
             release.set()
             with anyio.fail_after(30):
                 await done["second"].wait()
@@ -228,7 +231,7 @@ async def test_a_submit_cancelled_while_its_claim_lingers_leaves_nothing_waiting
     with anyio.move_on_after(0.1) as scope:
         await store.begin_turn("c", "second", timeout=60)
     assert scope.cancelled_caught
-    async with store.backend.read() as tx:
+    async with hooks.backend(store).read() as tx:
         turns = await tx.all("check_turns")
     assert sorted(t.status for t in turns) == ["refused", "running"]
     await holder.finish()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from store import SchemaError, sql
+from store import SchemaError, hooks, sql
 
 from .conftest import Target
 
@@ -13,7 +13,7 @@ from .conftest import Target
 async def _recorded(target: Target) -> dict[int, str | None]:
     store = await target.open()
     try:
-        async with store.backend.read() as tx:
+        async with hooks.backend(store).read() as tx:
             rows = await tx.conn.exec_driver_sql(  # type: ignore[attr-defined]
                 "SELECT version, checksum FROM turnstore_migrations"
             )

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store import AssistantMessage, InvalidMessage, Store, StoreConfig, ToolCall, ToolResult
+from store import AssistantMessage, InvalidMessage, Store, StoreConfig, ToolCall, ToolResult, hooks
 from store.checker import check
 from store.messages import INTERRUPTED
 
@@ -104,7 +104,7 @@ async def _compare(store: Store, model: Model) -> None:
             window = await store.history(cid, last=last)
             assert window == history[len(history) - len(window) :]
             assert len(window) >= last and window[0].role != "tool"
-    report = await check(store.backend)
+    report = await check(hooks.backend(store))
     assert report.ok, report.violations
 
 

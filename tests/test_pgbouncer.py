@@ -31,7 +31,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from store import InvalidMessage, LeaseLost, Store, StoreConfig, sql
+from store import InvalidMessage, LeaseLost, Store, StoreConfig, hooks, sql
 from store.backends.base import EngineTx, Tx
 from store.backends.postgres import as_record, pgbouncer_connect_args
 from store.soak.pgserver import free_port
@@ -209,7 +209,7 @@ async def test_migrate_through_pgbouncer_and_no_session_state_left_behind(
     store = await through.open()
     try:
         expected = [m.version for m in sql.migrations("postgres")]
-        assert await store.backend.applied_versions() == expected
+        assert await hooks.backend(store).applied_versions() == expected
         assert await store.migrate() == []  # nothing left to apply
         turn = await store.begin_turn("c", "hello")
         await turn.commit_step(*step("a"))
@@ -430,7 +430,9 @@ async def test_a_server_connection_killed_inside_a_write_is_retried_once(
             acknowledged.append(await turn.commit_step(*step("A")))
 
         async with anyio.create_task_group() as tg, holder.transaction():
-            await holder.execute("SELECT pg_advisory_xact_lock($1)", store.backend.lock_key("c"))
+            await holder.execute(
+                "SELECT pg_advisory_xact_lock($1)", hooks.backend(store).lock_key("c")
+            )
             tg.start_soon(write)
             await wait_until(waits_again)
             (victim,) = await waiting_pids()
@@ -500,9 +502,13 @@ async def test_enable_seqscan_is_off_in_every_transaction_and_at_its_commit(
             await store.record_usage(first.id, prompt_tokens=10, completion_tokens=2)
             await first.finish("one")
         # and in the statements of a read, and of a transaction of the general path
-        async with store.backend.read() as tx:
+        async with hooks.backend(store).read() as tx:
             assert (await _settings_in(tx))[:3] == ("off", schema, "10s")
-        assert (await store.backend.transaction("c", _settings_in))[:3] == ("off", schema, "10s")
+        assert (await hooks.backend(store).transaction("c", _settings_in))[:3] == (
+            "off",
+            schema,
+            "10s",
+        )
         seen = await _probe_rows(pgbouncer, schema)
         assert {row["at"] for row in seen} >= {
             "turnstore_turns INSERT",
@@ -524,7 +530,7 @@ async def _settings_in(tx: Tx) -> tuple[Any, ...]:
 
 
 async def _queued(store: Store) -> bool:
-    async with store.backend.read() as tx:
+    async with hooks.backend(store).read() as tx:
         turns = await tx.all("check_turns")
     return any(t.status == "queued" for t in turns)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from store import Store
+from store import Store, hooks
 from store.backends.base import ClaimRequest
 from store.claim import Claimed, _own_landed_attempt
 
@@ -16,13 +16,13 @@ from .helpers import count_rows
 def _request(store: Store, turn_id: str, *, retry: bool) -> ClaimRequest:
     content = '[{"type":"text","text":"go"}]'
     return ClaimRequest(
-        lock_key=store.backend.lock_key("c"),
+        lock_key=hooks.backend(store).lock_key("c"),
         conversation_id="c",
         turn_id=turn_id,
         idempotency_key=None,
         content_hash=hashlib.sha256(content.encode()).hexdigest(),
         content_json=content,
-        owner=store.owner,
+        owner=hooks.owner(store),
         lease_seconds=30,
         window_seconds=0,
         fail_when_busy=True,
@@ -35,12 +35,12 @@ async def test_a_landed_claim_is_recognised_on_retry(store: Store, target: Targe
     turn = await store.begin_turn("c", "go")
     before = await count_rows(store)
     if target.kind == "postgres":  # the one-round-trip path
-        row = await store.backend.claim_fast(_request(store, turn.id, retry=True))
+        row = await hooks.backend(store).claim_fast(_request(store, turn.id, retry=True))
         assert row is not None
         landed = Claimed(row.turn_id, row.epoch, row.next_position or 0)
         assert row.decision == "claimed"
     else:  # the general path
-        landed = await store.backend.transaction(
+        landed = await hooks.backend(store).transaction(
             "c", lambda tx: _own_landed_attempt(tx, turn.id, "c")
         )
     assert landed == Claimed(turn.id, turn.epoch, 1)
@@ -49,11 +49,11 @@ async def test_a_landed_claim_is_recognised_on_retry(store: Store, target: Targe
 
 async def test_a_retry_of_a_claim_that_did_not_land_claims(store: Store, target: Target) -> None:
     if target.kind == "postgres":
-        row = await store.backend.claim_fast(_request(store, "turn_fresh", retry=True))
+        row = await hooks.backend(store).claim_fast(_request(store, "turn_fresh", retry=True))
         assert row is not None and row.decision == "claimed" and row.turn_id == "turn_fresh"
     else:
         assert (
-            await store.backend.transaction(
+            await hooks.backend(store).transaction(
                 "c", lambda tx: _own_landed_attempt(tx, "turn_fresh", "c")
             )
             is None

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from sqlalchemy import inspect
 
-from store import SchemaError, Store, sql
+from store import SchemaError, Store, hooks, sql
 from store.store import make_backend
 
 from .conftest import Target, asyncpg_dsn
@@ -66,7 +66,7 @@ def _shape(sync_conn: Any) -> dict[str, Any]:
 async def _schema_of(target: Target) -> dict[str, Any]:
     store = await target.open()
     try:
-        async with store.backend.engine.connect() as conn:
+        async with hooks.backend(store).engine.connect() as conn:
             return await conn.run_sync(_shape)
     finally:
         await store.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from store import Store
+from store import Store, hooks
 from store.backends.base import Tx
 from store.backends.sqlite import SqliteBackend, _enter_wal
 from store.backends.sqlite_checkpoint import BACKSTOP_PAGES, EVERY_COMMITS, Checkpointer
@@ -43,14 +43,14 @@ async def test_a_transaction_that_awaits_something_else_is_refused(lite: Store) 
         await _Suspend()
 
     with pytest.raises(RuntimeError, match="awaited something other than its Tx"):
-        await lite.backend.transaction("c", suspends)
+        await hooks.backend(lite).transaction("c", suspends)
     turn = await lite.begin_turn("c", "still works")  # rolled back; the writer is usable
     await turn.finish()
     assert [m.text for m in await lite.history("c")] == ["still works"]
 
 
 async def test_a_step_costs_the_same_at_10_and_at_2000_messages(lite: Store) -> None:
-    backend = lite.backend
+    backend = hooks.backend(lite)
     assert isinstance(backend, SqliteBackend)
     instructions = 0
 
@@ -82,7 +82,7 @@ async def test_a_step_costs_the_same_at_10_and_at_2000_messages(lite: Store) -> 
 async def test_the_wal_is_checkpointed_by_a_thread_of_its_own(lite: Store) -> None:
     """The writer checkpoints only past the backstop; the checkpointer thread, woken every
     EVERY_COMMITS commits, copies the WAL back into the database file meanwhile."""
-    backend = lite.backend
+    backend = hooks.backend(lite)
     assert isinstance(backend, SqliteBackend)
     checkpointer = backend._checkpointer
     assert checkpointer is not None
@@ -179,8 +179,8 @@ async def test_turns_queued_within_one_millisecond_keep_the_order_they_came_in(
             "UPDATE turnstore_turns SET created_at = 1 WHERE status = 'queued'"
         )
 
-    await lite.backend.transaction("c", queue)
-    async with lite.backend.read() as tx:
+    await hooks.backend(lite).transaction("c", queue)
+    async with hooks.backend(lite).read() as tx:
         line = await tx.one("next_in_line", conversation_id="c")
     assert line.id == "turn_z_earlier"
     await running.finish()  # hands over to the head of the line

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from store import InvalidMessage, Store, StoreConfig
+from store import InvalidMessage, Store, StoreConfig, hooks
 from store.messages import INTERRUPTED
 
 from .conftest import OpenStore
@@ -158,7 +158,7 @@ async def test_a_staged_step_with_a_reused_call_id_does_not_brick_the_conversati
     async def stage(tx: Any) -> None:  # as an older version staged it, unchecked
         await tx.run("stage_step", turn_id=turn.id, step=1, payload=payload)
 
-    await store.backend.transaction("c", stage)
+    await hooks.backend(store).transaction("c", stage)
     await anyio.sleep(0.5)  # the lease runs out: the owner is gone
     with anyio.fail_after(10):
         successor = await store.begin_turn("c", "three")

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from store import Store, StoreConfig, TurnTakenOver
+from store import Store, StoreConfig, TurnTakenOver, hooks
 
 from .conftest import OpenStore
 from .helpers import assert_clean, wait_queued
@@ -27,7 +27,7 @@ class Pause:
     def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paused = False
         self.resumed = anyio.Event()
-        backend = store.backend
+        backend = hooks.backend(store)
         real_claim_fast, real_transaction = backend.claim_fast, backend.transaction
 
         async def claim_fast(request: Any, **kw: Any) -> Any:

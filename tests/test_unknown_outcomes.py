@@ -36,6 +36,7 @@ from store import (
     ToolCall,
     ToolResult,
     WriteNotApplied,
+    hooks,
 )
 from store.soak.pgserver import free_port
 
@@ -51,7 +52,7 @@ def script_writes(
     """Make the backend's ``method`` follow ``script``: ``apply+lose`` applies the write
     and loses the reply, ``lose`` loses it unsent, ``ok`` (and every call after the script)
     goes through. Returns the log of what each call did."""
-    real: Callable[..., Awaitable[Any]] = getattr(store.backend, method)
+    real: Callable[..., Awaitable[Any]] = getattr(hooks.backend(store), method)
     done: list[str] = []
 
     async def scripted(*args: Any, **kwargs: Any) -> Any:
@@ -64,7 +65,7 @@ def script_writes(
             raise ConnectionResetError("connection lost before the reply")
         return result
 
-    monkeypatch.setattr(store.backend, method, scripted)
+    monkeypatch.setattr(hooks.backend(store), method, scripted)
     return done
 
 
@@ -161,17 +162,17 @@ async def test_a_write_while_the_outcome_cannot_be_learnt_is_not_applied(
     script_writes(monkeypatch, store, "commit_step", ["apply+lose"])
     with pytest.raises(OutcomeUnknown):
         await turn.commit_step(*step("A"))
-    real_read = store.backend.read
+    real_read = hooks.backend(store).read
 
     @asynccontextmanager
     async def away() -> AsyncIterator[Any]:  # the database is still away
         raise ConnectionResetError("connection refused")
         yield
 
-    monkeypatch.setattr(store.backend, "read", away)
+    monkeypatch.setattr(hooks.backend(store), "read", away)
     with pytest.raises(WriteNotApplied):
         await turn.commit_step(*step("B"))
-    monkeypatch.setattr(store.backend, "read", real_read)
+    monkeypatch.setattr(hooks.backend(store), "read", real_read)
     assert await turn.commit_step(*step("B")) == 2  # back: A landed, B goes after it
     assert await steps_in_history(store, "c") == [(1, "step A"), (2, "step B")]
     await turn.finish()
@@ -272,15 +273,15 @@ async def test_a_session_idle_inside_a_transaction_is_ended_by_the_server(
     lock: the server ends such a session, so the conversation is not blocked until it
     resumes."""
     async with await pg_target.open() as store, await pg_target.open() as other:
-        async with store.backend.engine.connect() as conn:
+        async with hooks.backend(store).engine.connect() as conn:
             setting = await conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout")
             assert setting.scalar() == "10s"
-        paused = store.backend.engine.connect()
+        paused = hooks.backend(store).engine.connect()
         await paused.start()
         try:
             await paused.begin()
             await paused.exec_driver_sql(  # the conversation's lock, then silence
-                f"SELECT pg_advisory_xact_lock({store.backend.lock_key('c')})"
+                f"SELECT pg_advisory_xact_lock({hooks.backend(store).lock_key('c')})"
             )
             with anyio.fail_after(60):
                 turn = await other.begin_turn("c", "go", timeout=60)
@@ -309,4 +310,4 @@ async def test_a_server_that_is_restarting_is_a_transient_failure(
     async with await pg_target.open() as store:
         wrapped = DBAPIError("SELECT 1", None, error)
         for exc in (error, wrapped):
-            assert store.backend.failure(exc) is not None, exc
+            assert hooks.backend(store).failure(exc) is not None, exc

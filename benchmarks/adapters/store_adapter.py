@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import anyio
 import asyncpg
 
-from store import AssistantMessage, Store, StoreConfig
+from store import AssistantMessage, Store, StoreConfig, hooks
 from store import ToolCall as StoreCall
 from store import ToolResult as StoreResult
 from store.turn import Turn
@@ -225,7 +225,7 @@ class StoreAdapter(Adapter[Turn]):
     async def read_back(self) -> list[CheckRow]:
         target = self._target
         assert target is not None and self._store is not None
-        batches, writes = self._store.backend.write_batches()
+        batches, writes = hooks.backend(self._store).write_batches()
         self.counters.update({"write batches": batches, "writes batched": writes})
         if target.backend == "postgres":
             assert target.asyncpg_dsn is not None

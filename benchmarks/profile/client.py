@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from store import AssistantMessage, StoreConfig, ToolResult
+from store import AssistantMessage, StoreConfig, ToolResult, hooks
 from store.backends.base import ClaimRequest
 
 from ..adapters.store_adapter import _message, _results
@@ -61,7 +61,7 @@ async def measure(url: str, turns: int, workers: int) -> dict[str, float]:
     per_worker = max(1, turns // workers)
     config = StoreConfig(busy_timeout=300, lease_seconds=60)
     async with scratch_store(url, "client_cost", config=config) as (store, _schema):
-        store.backend._writes._apply = _Answers()  # type: ignore[attr-defined]
+        hooks.group_commit(store).intercept(lambda _apply: _Answers())
 
         def workload(rng: random.Random) -> list[Any]:
             return [factory.user_text(rng)] + [

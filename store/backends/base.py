@@ -22,7 +22,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from sqlalchemy import text
@@ -36,6 +36,9 @@ from ..errors import IntegrityViolation, OutcomeUnknown, StoreUnavailable, Write
 from ..messages import EncodedStep
 from ..schema_window import SchemaState
 from ..sql import Migration
+
+if TYPE_CHECKING:
+    from ..group_commit import GroupCommit
 
 
 def lock_key(namespace: str, conversation_id: str) -> int:
@@ -379,10 +382,15 @@ class Backend(ABC):
     def lock_key(self, conversation_id: str) -> int:
         return lock_key(self.namespace, conversation_id)
 
+    def group_commit(self) -> GroupCommit[Any, Any] | None:
+        """The group commit that batches this backend's writes (None: it does not)."""
+        return None
+
     def write_batches(self) -> tuple[int, int]:
         """How many batches of writes went to the database, and how many writes they held
         (group commit; ``(0, 0)`` for a backend that does not batch)."""
-        return (0, 0)
+        writes = self.group_commit()
+        return (0, 0) if writes is None else (writes.batches, writes.writes)
 
     @abstractmethod
     async def transaction(self, conversation_id: str, work: TxWork[T], *, linger: float = 0.0) -> T:

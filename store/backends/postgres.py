@@ -302,8 +302,8 @@ class PostgresBackend(Backend):
         async with _connected(self._read_engine) as conn:
             yield EngineTx(conn, self.statements)
 
-    def write_batches(self) -> tuple[int, int]:
-        return self._writes.batches, self._writes.writes
+    def group_commit(self) -> GroupCommit[Any, Any]:
+        return self._writes
 
     async def transaction(self, conversation_id: str, work: TxWork[T], *, linger: float = 0.0) -> T:
         # The general path (rare: recovery, polls, checkpoints) is not batched: no linger.

@@ -170,8 +170,8 @@ class SqliteBackend(Backend):
             self._apply, is_connection_error=lambda _exc: False, max_concurrent=1
         )
 
-    def write_batches(self) -> tuple[int, int]:
-        return self._writes.batches, self._writes.writes
+    def group_commit(self) -> GroupCommit[Any, Any]:
+        return self._writes
 
     async def transaction(self, conversation_id: str, work: TxWork[T], *, linger: float = 0.0) -> T:
         return await self._writes.submit(work, linger=linger)  # type: ignore[no-any-return]

@@ -432,7 +432,7 @@ class _Work:
             content_hash=IMPLICIT_HASH,
             status="running",
             epoch=epoch,
-            owner=store.owner,
+            owner=store._owner,
             lease_seconds=store.config.lease_seconds,
             pending_content=None,
         )
@@ -472,7 +472,7 @@ class _Work:
                 turn_id=turn.id,
                 conversation_id=self.cid,
                 epoch=epoch,
-                owner=self.store.owner,
+                owner=self.store._owner,
                 lease_seconds=self.store.config.lease_seconds,
             )
             turn.epoch, turn.running = epoch, True
@@ -502,7 +502,7 @@ class _Work:
         encoded = encode_step(draft.message(), draft.results(), store.limits)
         write = StepWrite.of(
             encoded,
-            lock_key=store.backend.lock_key(self.cid),
+            lock_key=store._backend.lock_key(self.cid),
             conversation_id=self.cid,
             turn_id=turn.id,
             epoch=turn.epoch,
@@ -557,7 +557,7 @@ class _Work:
         turn.running = False
         if hand_over:
             end = TurnEnd(
-                lock_key=store.backend.lock_key(self.cid),
+                lock_key=store._backend.lock_key(self.cid),
                 conversation_id=self.cid,
                 turn_id=turn.id,
                 epoch=turn.epoch,
@@ -566,7 +566,7 @@ class _Work:
                 final=None,
                 lease_seconds=store.config.lease_seconds,
             )
-            await store.hand_over(tx, end)
+            await store._hand_over(tx, end)
 
     async def apply(self, segments: Sequence[Segment]) -> None:
         for index, seg in enumerate(segments):
@@ -655,17 +655,17 @@ async def _run(
         return outcome
 
     def attempt() -> Awaitable[Outcome]:
-        return store.backend.transaction(cid, work)
+        return store._backend.transaction(cid, work)
 
     with anyio.CancelScope(shield=True):
         try:
-            outcome = await store.backend.retrying(attempt)
+            outcome = await store._backend.retrying(attempt)
         except _Refused as refused:  # rolled back: nothing of the write was kept
             outcome = NotRunning(refused.status)
         except InvalidMessage:
             raise
         except Exception as exc:
-            raise store.backend.translate(exc) from exc
+            raise store._backend.translate(exc) from exc
     return outcome
 
 
@@ -754,11 +754,11 @@ async def implicit_waiting(store: Store, cid: str) -> bool:
     """Whether a call of one of the session's own (implicit) turns waits for its output."""
 
     async def attempt() -> bool:
-        async with store.backend.read() as tx:
+        async with store._backend.read() as tx:
             row = await tx.one("agents_staged", conversation_id=cid)
         return row is not None and is_implicit(row.id)
 
-    return await store.backend.retrying(attempt, write=False)
+    return await store._backend.retrying(attempt, write=False)
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -801,7 +801,7 @@ def pieces_of(messages: Sequence[StoredMessage], hide_opener_of: str | None = No
 async def _snapshot(store: Store) -> AsyncIterator[Tx]:
     """A read transaction that sees one state of the database throughout (SQLite: any
     read transaction; PostgreSQL: REPEATABLE READ)."""
-    backend = store.backend
+    backend = store._backend
     if backend.dialect != "postgres":
         async with backend.read() as tx:
             yield tx
@@ -829,7 +829,7 @@ async def read(
         async with _snapshot(store) as tx:
             return await _read(tx, cid, limit, hide_opener_of)
 
-    return await store.backend.retrying(attempt, write=False)
+    return await store._backend.retrying(attempt, write=False)
 
 
 async def _read(tx: Tx, cid: str, limit: int | None, hide_opener_of: str | None) -> list[Item]:
@@ -873,7 +873,7 @@ async def turn_items(store: Store, cid: str, turn_id: str) -> list[Item]:
         messages = [m for m in decode_rows(cid, rows) if m.turn_id == turn_id]
         return [p.item for p in pieces_of(messages)]
 
-    return await store.backend.retrying(attempt, write=False)
+    return await store._backend.retrying(attempt, write=False)
 
 
 def new_write_id() -> str:

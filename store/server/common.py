@@ -151,7 +151,7 @@ _TURN_AND_USAGE_ASYNCPG = _TURN_AND_USAGE.format(turn_id="$1")
 
 
 async def _turn_and_usage_rows(service: ServiceState, turn_id: str) -> Sequence[Mapping[Any, Any]]:
-    backend = service.store.backend
+    backend = service.store._backend
     hot_call = getattr(backend, "_call", None) if backend.dialect == "postgres" else None
 
     async def read() -> Sequence[Mapping[Any, Any]]:
@@ -247,10 +247,10 @@ async def turn_response(service: ServiceState, tenant: Tenant, turn_id: str) -> 
 
 async def _staged_json(store: Store, info: TurnInfo) -> dict[str, Any] | None:
     async def read() -> Any:
-        async with store.backend.read() as tx:
+        async with store._backend.read() as tx:
             return await tx.scalar("staged_step", turn_id=info.id, step=info.steps + 1)
 
-    payload = await store.backend.retrying(read, write=False)
+    payload = await store._backend.retrying(read, write=False)
     if payload is None:
         return None
     staged = orjson.loads(payload) if isinstance(payload, str | bytes) else payload

@@ -63,10 +63,10 @@ async def _exists(service: ServiceState, cid: str) -> bool:
     store = service.store
 
     async def read() -> object:
-        async with store.backend.read() as tx:
+        async with store._backend.read() as tx:
             return await tx.scalar("conversation_exists", conversation_id=cid)
 
-    return await store.backend.retrying(read, write=False) is not None
+    return await store._backend.retrying(read, write=False) is not None
 
 
 def _not_found(conversation_id: str) -> Problem:
@@ -130,10 +130,10 @@ async def one_message(
     store = service.store
 
     async def read() -> object:
-        async with store.backend.read() as tx:
+        async with store._backend.read() as tx:
             return await tx.all("message_at", conversation_id=cid, position=position)
 
-    rows = await store.backend.retrying(read, write=False)
+    rows = await store._backend.retrying(read, write=False)
     found = decode_rows(cid, rows)  # type: ignore[arg-type]
     if not found or found[0].turn_id != turn_id:
         raise Problem(404, "MessageNotFound", f"no message {message_id!r}")
@@ -206,7 +206,7 @@ health_router = APIRouter(prefix="/v1", tags=["service"], route_class=Route)
 )
 async def health(service: Service) -> schemas.Health:
     try:
-        versions = await service.store.backend.applied_versions()
+        versions = await service.store._backend.applied_versions()
     except Exception as exc:
         raise StoreUnavailable(f"the database does not answer: {exc}") from exc
     return schemas.Health(status="ok", schema_version=max(versions, default=0))

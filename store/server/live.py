@@ -271,7 +271,7 @@ class LiveTurns:
         store = self.store
 
         async def read() -> list[str]:
-            async with store.backend.read() as tx:
+            async with store._backend.read() as tx:
                 return [
                     call_id
                     for call_id in call_ids
@@ -281,7 +281,7 @@ class LiveTurns:
                     is not None
                 ]
 
-        used = await store.backend.retrying(read, write=False)
+        used = await store._backend.retrying(read, write=False)
         if used:
             raise InvalidMessage(
                 f"tool call id {used[0]!r} is already used in this conversation; call ids "

@@ -80,7 +80,7 @@ async def verify(
     # checkpointed step committed) by the next submit, so history is read after them.
     await _new_turns(store, conversations, lease + margin, verdict)
 
-    report = await check(store.backend)
+    report = await check(store._backend)
     verdict.checker = {
         "conversations": report.conversations,
         "turns": report.turns,
@@ -94,7 +94,7 @@ async def verify(
 
     histories = {cid: await store.history(cid) for cid in conversations}
     verdict.messages = sum(len(h) for h in histories.values())
-    async with store.backend.read() as tx:
+    async with store._backend.read() as tx:
         turns = [t for t in await tx.all("check_turns") if t.conversation_id in histories]
     verdict.turns_by_status = dict(Counter(str(t.status) for t in turns))
     verdict.database = _snapshot(histories, turns)

@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from store import hooks
 from store.checker import check
 from store.integrations.agents_items import RowContent, restore
 
@@ -230,7 +231,7 @@ async def test_every_item_kind_comes_back_equal(sessions: MakeSession) -> None:
     for n in (1, 3, 17, len(added)):
         assert await session.get_items(limit=n) == added[-n:]
     store = await session.get_store()
-    report = await check(store.backend)
+    report = await check(hooks.backend(store))
     assert report.ok, report.violations[:5]
 
 

@@ -13,7 +13,7 @@ import pytest
 from agents import Agent, Runner, function_tool
 from agents.testing import ScriptedModel, assistant_message, function_call
 
-from store import ConversationBusy
+from store import ConversationBusy, hooks
 from store.checker import check
 from store.integrations.openai_agents import TurnstoreSession
 from store.messages import INTERRUPTED
@@ -51,7 +51,7 @@ def _tool_run(model: ScriptedModel, tag: str, answer: str) -> None:
 
 async def _assert_clean(session: TurnstoreSession) -> None:
     store = await session.get_store()
-    report = await check(store.backend)
+    report = await check(hooks.backend(store))
     assert report.ok, report.violations[:5]
     for provider in ("openai-responses", "openai-chat", "anthropic", "gemini"):
         _, repairs = await store.replay(session.session_id, provider)

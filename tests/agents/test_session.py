@@ -13,7 +13,7 @@ import pytest
 from agents import SessionSettings
 from agents.memory import Session
 
-from store import ConversationBusy, InvalidMessage, StoreConfig
+from store import ConversationBusy, InvalidMessage, StoreConfig, hooks
 from store.checker import check
 from store.integrations import agents_log
 from store.integrations.openai_agents import TurnstoreSession
@@ -24,7 +24,7 @@ from .helpers import MakeSession, call, output, said, step, user
 
 async def _clean(session: TurnstoreSession) -> None:
     store = await session.get_store()
-    report = await check(store.backend)
+    report = await check(hooks.backend(store))
     assert report.ok, report.violations[:5]
 
 
