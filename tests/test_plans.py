@@ -29,8 +29,7 @@ from .helpers import step
 
 APPLY = "SELECT * FROM turnstore_apply($1::turnstore_write[])"
 # The checker reads whole tables on purpose.
-WHOLE_TABLE_READS = {"check_messages", "check_turns", "turns_by_status",
-                     "steps_and_interrupted_calls"}  # fmt: skip
+WHOLE_TABLE_READS = {"check_messages", "check_turns", "turns_by_status"}
 # Erasing a conversation (store/erase.py) deletes all of it, on purpose.
 WHOLE_CONVERSATION = {"erase_messages"}
 # A filter on one of these means an index walked rows that a key lookup would have skipped.

@@ -22,8 +22,7 @@ from store import Store, sql
 from .helpers import step
 
 # The checker reads whole tables on purpose.
-WHOLE_TABLE_READS = {"check_messages", "check_turns", "turns_by_status",
-                     "steps_and_interrupted_calls"}  # fmt: skip
+WHOLE_TABLE_READS = {"check_messages", "check_turns", "turns_by_status"}
 # Erasing a conversation (store/erase.py) deletes all of it, on purpose; the erasure
 # record is keyed by the conversation alone.
 WHOLE_CONVERSATION = {"erase_messages", "erase_staged_steps", "erase_marks", "erase_writes",

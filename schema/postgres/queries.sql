@@ -214,11 +214,6 @@ SELECT id, conversation_id, idempotency_key, status, steps,
 -- name: turns_by_status
 SELECT status, count(*) AS n FROM turnstore_turns GROUP BY status;
 
--- name: steps_and_interrupted_calls
-SELECT (SELECT count(*) FROM turnstore_messages WHERE role = 'assistant') AS steps,
-       (SELECT count(*) FROM turnstore_messages
-         WHERE role = 'tool' AND is_error AND content::text LIKE '%interrupted:%') AS interrupted_calls;
-
 -- name: history_window_driver
 -- The history query above in one statement, for asyncpg ($1 conversation, $2 last N or 0
 -- for all), JSON as text: decoded by the caller.

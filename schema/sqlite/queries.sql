@@ -222,11 +222,6 @@ SELECT id, conversation_id, idempotency_key, status, steps,
 -- name: turns_by_status
 SELECT status, count(*) AS n FROM turnstore_turns GROUP BY status;
 
--- name: steps_and_interrupted_calls
-SELECT (SELECT count(*) FROM turnstore_messages WHERE role = 'assistant') AS steps,
-       (SELECT count(*) FROM turnstore_messages
-         WHERE role = 'tool' AND is_error AND content LIKE '%interrupted:%') AS interrupted_calls;
-
 -- Sessions of the OpenAI Agents SDK (store/integrations/agents_log.py) and their marks
 -- (0010_session_marks_and_erasure.sql).
 
