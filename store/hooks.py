@@ -9,6 +9,7 @@ benchmarks, not promised to stay as they are.
   ``store.checker.check``), its lock keys, and its write methods, which a test may replace
   on the object (``monkeypatch.setattr``) to lose a reply or a request.
 - ``claim_decisions(store)``: how many claim decisions the store asked of the database.
+- ``use_python_claims(store)``: PostgreSQL's claims by the Python rules, as SQLite's.
 - ``group_commit(store)``: the backend's batches of writes (``GroupCommit``): its counts,
   ``lingering()``, and ``intercept(wrap)`` to hold batches up or answer them without a
   database.
@@ -35,6 +36,17 @@ def group_commit(store: Store) -> GroupCommit[Any, Any]:
     if writes is None:
         raise TypeError(f"the {store._backend.dialect} backend does not batch its writes")
     return writes
+
+
+def use_python_claims(store: Store) -> None:
+    """Take ``store``'s claims and hand-overs by the Python rules of ``store.claim`` on
+    PostgreSQL too (``PostgresBackend.python_claims``), as on SQLite. The tests run the claim
+    suites so, to hold the PL/pgSQL and the Python implementation of the rules together."""
+    from .backends.postgres import PostgresBackend
+
+    if not isinstance(store._backend, PostgresBackend):
+        raise TypeError("only the PostgreSQL backend has another claim path")
+    store._backend.python_claims = True
 
 
 def owner(store: Store) -> str:

@@ -1,5 +1,9 @@
 """Every database test runs on both backends: SQLite (a temporary file) and PostgreSQL
-(``STORE_PG_URL``, default the local server), each test in a fresh schema or file.
+(``STORE_PG_URL``, default the local server), each test in a fresh schema or file. A test
+module that sets ``BOTH_CLAIM_PATHS = True`` (the claim, lease, takeover and hand-over
+suites) runs on PostgreSQL a second time with the Python claim rules that SQLite uses
+(``postgres-pyclaim``: ``store.hooks.use_python_claims``), so that they and the PL/pgSQL
+in ``turnstore_apply`` cannot drift apart unnoticed.
 
 A PostgreSQL server that cannot be reached FAILS the PostgreSQL tests; it never skips
 them. To run only the SQLite half on a machine without PostgreSQL, set STORE_PG_URL=skip.
@@ -18,7 +22,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from store import Store, StoreConfig
+from store import Store, StoreConfig, hooks
 
 PG_URL = os.environ.get("STORE_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
@@ -34,10 +38,15 @@ class Target:
     kind: str
     url: str
     schema: str | None
+    #: PostgreSQL: claims and hand-overs by the Python rules (``postgres-pyclaim``)
+    python_claims: bool = False
 
     async def open(self, **kwargs: object) -> Store:
         config = kwargs.pop("config", None) or StoreConfig(lease_seconds=30, poll_max_seconds=0.05)
-        return await Store.open(self.url, schema=self.schema, config=config, **kwargs)  # type: ignore[arg-type]
+        store = await Store.open(self.url, schema=self.schema, config=config, **kwargs)  # type: ignore[arg-type]
+        if self.python_claims:
+            hooks.use_python_claims(store)
+        return store
 
     async def raw_execute(self, *statements: str) -> None:
         """Run SQL as a plain client would (no turnstore code in the way)."""
@@ -83,17 +92,25 @@ async def _require_postgres() -> None:
 
 
 BACKENDS = ["sqlite", "postgres"]
+PYCLAIM = "postgres-pyclaim"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The backends a test's ``target`` runs on (see the module's docstring)."""
+    if "target" in metafunc.fixturenames:
+        both = getattr(metafunc.module, "BOTH_CLAIM_PATHS", False)
+        metafunc.parametrize("target", [*BACKENDS, *([PYCLAIM] if both else [])], indirect=True)
 
 
 @asynccontextmanager
-async def _postgres_target() -> AsyncIterator[Target]:
+async def _postgres_target(python_claims: bool = False) -> AsyncIterator[Target]:
     """A fresh schema on the PostgreSQL server, dropped afterwards."""
     if PG_URL == "skip":
         pytest.skip("STORE_PG_URL=skip: PostgreSQL tests not run")
     await _require_postgres()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     try:
-        yield Target("postgres", PG_URL, schema)
+        yield Target("postgres", PG_URL, schema, python_claims)
     finally:
         await _drop_schema(schema)
 
@@ -105,13 +122,13 @@ def on_postgres(request: pytest.FixtureRequest) -> None:
         request.node.user_properties.append(("database", "postgres"))
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     if request.param == "sqlite":
         yield Target("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", None)
         return
     on_postgres(request)
-    async with _postgres_target() as pg:
+    async with _postgres_target(python_claims=request.param == PYCLAIM) as pg:
         yield pg
 
 

@@ -13,6 +13,9 @@ from store import ConversationBusy, InvalidMessage, Store, StoreConfig, hooks
 from .conftest import OpenStore, Target
 from .helpers import assert_clean, count_rows, step, wait_queued
 
+# also on PostgreSQL with the Python claim rules (tests/conftest.py)
+BOTH_CLAIM_PATHS = True
+
 
 async def test_fifty_concurrent_submits_with_one_key_make_one_turn(
     store: Store, open_store: OpenStore

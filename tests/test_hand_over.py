@@ -12,8 +12,11 @@ import pytest
 from store import ConversationBusy, Store, claim, hooks
 from store.claim import Submit
 
-from .conftest import OpenStore
+from .conftest import OpenStore, Target
 from .helpers import SLOW_POLLS, assert_clean, count_rows, step, wait_queued
+
+# also on PostgreSQL with the Python claim rules (tests/conftest.py)
+BOTH_CLAIM_PATHS = True
 
 
 async def _status(store: Store, turn_id: str) -> str:
@@ -177,3 +180,34 @@ async def test_a_timed_out_waiter_leaves_the_line_and_the_next_one_is_handed_ove
     await started[0].finish()
     assert [m.text for m in await store.history("c")] == ["first", "patient"]
     assert await count_rows(store, "c") == (3, 2)  # the impatient turn: refused, no message
+
+
+@pytest.mark.parametrize("python_claims", [False, True])
+async def test_postgres_takes_claims_by_the_python_rules_when_told(
+    pg_target: Target, python_claims: bool
+) -> None:
+    """``hooks.use_python_claims``: beginning and ending turns, a hand-over included, leave
+    ``turnstore_apply``'s batches alone (what the postgres-pyclaim runs of the claim suites
+    test is the Python rules); without it they are all batches."""
+    store = await pg_target.open()
+    try:
+        if python_claims:
+            hooks.use_python_claims(store)
+        backend = hooks.backend(store)
+        before = backend.write_batches()
+        first = await store.begin_turn("c", "first")
+        async with anyio.create_task_group() as tg:
+
+            async def second() -> None:
+                turn = await store.begin_turn("c", "second", timeout=60)
+                await turn.finish()
+
+            tg.start_soon(second)
+            await wait_queued(store, "c", 1)
+            await first.finish()  # hands over to "second"
+        batches, writes = (a - b for a, b in zip(backend.write_batches(), before, strict=True))
+        assert (writes == 0) == python_claims, (batches, writes)
+        assert [m.text for m in await store.history("c")] == ["first", "second"]
+        await assert_clean(store)
+    finally:
+        await store.close()

@@ -13,6 +13,9 @@ from store.messages import INTERRUPTED
 from .conftest import Target, asyncpg_dsn
 from .helpers import assert_clean, count_rows, step
 
+# also on PostgreSQL with the Python claim rules (tests/conftest.py)
+BOTH_CLAIM_PATHS = True
+
 SHORT = StoreConfig(lease_seconds=0.3, poll_max_seconds=0.02)
 
 

@@ -18,6 +18,9 @@ from store import Store, StoreConfig, TurnTakenOver, hooks
 from .conftest import OpenStore
 from .helpers import assert_clean, wait_queued
 
+# also on PostgreSQL with the Python claim rules (tests/conftest.py)
+BOTH_CLAIM_PATHS = True
+
 LEASE = 1.0
 
 
