@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from . import telemetry
-from .backends.base import ClaimRequest, ClaimRow, StepWrite, TurnEnd, Tx
+from .backends.records import ClaimRequest, ClaimRow, StepWrite, TurnEnd
+from .backends.tx import Tx
 from .errors import (
     ConversationBusy,
     InvalidMessage,

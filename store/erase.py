@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .backends.base import Tx
+from .backends.tx import Tx
 from .errors import ConversationInUse
 from .messages import check_identifier
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .backends.base import Backend, Tx
+from .backends.base import Backend
+from .backends.tx import Tx
 from .messages import StoredMessage, StoredToolCall, ToolCall
 
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .backends.base import Tx, refusal
+from .backends.fenced import refusal
+from .backends.tx import Tx
 from .errors import (
     ConversationBusy,
     DuplicateTurnWrite,

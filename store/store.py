@@ -17,15 +17,10 @@ import anyio
 from sqlalchemy.engine import URL, make_url
 
 from . import claim, telemetry
-from .backends.base import (
-    DEFAULT_RETRY_SECONDS,
-    MIGRATION_ATTEMPTS,
-    MIGRATION_LOCK_TIMEOUT,
-    Backend,
-    ClaimRow,
-    TurnEnd,
-    Tx,
-)
+from .backends.base import MIGRATION_ATTEMPTS, MIGRATION_LOCK_TIMEOUT, Backend
+from .backends.records import ClaimRow, TurnEnd
+from .backends.retry import DEFAULT_RETRY_SECONDS
+from .backends.tx import Tx
 from .erase import Erased, erase
 from .errors import StoreUnavailable, TurnNotFound
 from .history import as_datetime, read_history, read_replay_rows

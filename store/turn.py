@@ -19,7 +19,9 @@ import anyio
 import anyio.lowlevel
 
 from . import telemetry
-from .backends.base import StepWrite, TurnEnd, Tx, refusal
+from .backends.fenced import refusal
+from .backends.records import StepWrite, TurnEnd
+from .backends.tx import Tx
 from .errors import (
     DuplicateTurnWrite,
     IntegrityViolation,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .backends.base import Tx
+from .backends.tx import Tx
 from .errors import DuplicateTurnWrite, InvalidMessage, LeaseLost, TurnNotFound
 from .history import as_datetime
 from .messages import check_identifier

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 if TYPE_CHECKING:
-    from .backends.base import ClaimRow
+    from .backends.records import ClaimRow
 
 #: outcomes of turns that ended here, kept for late waiters (most recent first out)
 _OUTCOMES_KEPT = 4096

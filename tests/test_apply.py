@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from store.backends.base import ClaimRequest, StepWrite, TurnEnd
 from store.backends.postgres import as_record, server_settings
+from store.backends.records import ClaimRequest, StepWrite, TurnEnd
 
 from .conftest import Target, asyncpg_dsn
 

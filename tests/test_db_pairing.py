@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from store import Store, hooks
-from store.backends.base import Tx
+from store.backends.tx import Tx
 
 from .conftest import Target
 

@@ -32,8 +32,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from store import InvalidMessage, LeaseLost, Store, StoreConfig, hooks, sql
-from store.backends.base import EngineTx, Tx
 from store.backends.postgres import as_record, pgbouncer_connect_args
+from store.backends.tx import EngineTx, Tx
 from store.soak.pgserver import free_port
 
 from .conftest import PG_URL, Target, asyncpg_dsn

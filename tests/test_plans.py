@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 
 from store import sql
-from store.backends.base import ClaimRequest, StepWrite, TurnEnd
 from store.backends.postgres import as_record, server_settings
+from store.backends.records import ClaimRequest, StepWrite, TurnEnd
 
 from .conftest import Target, asyncpg_dsn
 from .helpers import step

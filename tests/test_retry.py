@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from store import Store, hooks
-from store.backends.base import ClaimRequest
+from store.backends.records import ClaimRequest
 from store.claim import Claimed, _own_landed_attempt
 
 from .conftest import Target

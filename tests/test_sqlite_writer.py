@@ -12,9 +12,9 @@ import anyio
 import pytest
 
 from store import Store, hooks
-from store.backends.base import Tx
 from store.backends.sqlite import SqliteBackend, _enter_wal
 from store.backends.sqlite_checkpoint import BACKSTOP_PAGES, EVERY_COMMITS, Checkpointer
+from store.backends.tx import Tx
 
 from .conftest import Target
 from .helpers import step

@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from store.backends.base import ClaimRequest, StepWrite, TurnEnd, lock_key
+from store.backends.base import lock_key
 from store.backends.postgres import as_record
+from store.backends.records import ClaimRequest, StepWrite, TurnEnd
 
 from ..cpu import backend_cpu_seconds
 from .fixtures import CALLS_PER_STEP, html, postgres, scratch_connection

@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 
 from store import AssistantMessage, StoreConfig, ToolResult, hooks
-from store.backends.base import ClaimRequest
+from store.backends.records import ClaimRequest
 
 from ..adapters.store_adapter import _message, _results
 from ..workload import PayloadPool, StepPlan, TurnFactory, WorkloadParams

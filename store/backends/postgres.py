@@ -33,22 +33,10 @@ from .. import sql
 from ..group_commit import GroupCommit
 from ..schema_window import SchemaState, from_rows
 from . import postgres_migrate
-from .base import (
-    MIGRATION_ATTEMPTS,
-    MIGRATION_LOCK_TIMEOUT,
-    Backend,
-    ClaimRequest,
-    ClaimRow,
-    ConnectFailed,
-    Ended,
-    EngineTx,
-    HandOver,
-    StepWrite,
-    TurnEnd,
-    Tx,
-    TxWork,
-    lock_key,
-)
+from .base import MIGRATION_ATTEMPTS, MIGRATION_LOCK_TIMEOUT, Backend, HandOver, TxWork, lock_key
+from .records import ClaimRequest, ClaimRow, Ended, StepWrite, TurnEnd
+from .retry import ConnectFailed
+from .tx import EngineTx, Tx
 
 T = TypeVar("T")
 

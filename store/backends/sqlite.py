@@ -30,8 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from .. import sql
 from ..group_commit import GroupCommit
 from ..schema_window import SchemaState, from_rows
-from .base import MIGRATION_ATTEMPTS, MIGRATION_LOCK_TIMEOUT, Backend, Tx, TxWork
+from .base import MIGRATION_ATTEMPTS, MIGRATION_LOCK_TIMEOUT, Backend, TxWork
 from .sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
+from .tx import Tx
 
 T = TypeVar("T")
 

@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..backends.base import EngineTx, StepWrite, TurnEnd, Tx, commit_step_in, refusal
+from ..backends.fenced import commit_step_in, refusal
+from ..backends.records import StepWrite, TurnEnd
+from ..backends.tx import EngineTx, Tx
 from ..claim import recover_expired
 from ..errors import InvalidMessage
 from ..history import decode_rows, window_start

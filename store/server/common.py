@@ -15,7 +15,7 @@ from fastapi import Request, Response
 from sqlalchemy import text
 
 from .. import usage as usage_lib
-from ..backends.base import EngineTx
+from ..backends.tx import EngineTx
 from ..errors import TurnNotFound
 from ..history import as_datetime
 from ..store import Store, TurnInfo
