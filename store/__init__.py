@@ -5,6 +5,7 @@ atomically; one turn runs at a time per conversation; repeated submits are idemp
 the database itself refuses a tool result without its call or a call without its result.
 """
 
+from .config import StoreConfig
 from .errors import (
     ConversationBusy,
     ConversationInUse,
@@ -25,8 +26,9 @@ from .errors import (
     WriteNotApplied,
 )
 from .messages import AssistantMessage, Limits, StoredMessage, ToolCall, ToolResult
-from .store import DEFAULT_URL, Store, StoreConfig, TurnInfo
-from .turn import StepBuffer, Turn, TurnOutcome
+from .outcome import TurnOutcome
+from .store import DEFAULT_URL, Store, TurnInfo
+from .turn import StepBuffer, Turn
 
 __all__ = [
     "DEFAULT_URL",

@@ -24,13 +24,15 @@ import logging
 import uuid
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
 
 from . import telemetry
 from .backends.records import ClaimRequest, ClaimRow, StepWrite, TurnEnd
 from .backends.tx import Tx
+from .config import StoreConfig
+from .core import Core
 from .errors import (
     ConversationBusy,
     InvalidMessage,
@@ -49,10 +51,8 @@ from .messages import (
     encode_step,
     encode_user_message,
 )
-from .turn import Turn, TurnOutcome
-
-if TYPE_CHECKING:
-    from .store import Store
+from .outcome import Busy, Claimed, Decision, Duplicate, Queued, TakenOver, TurnOutcome
+from .turn import Turn
 
 log = logging.getLogger("turnstore")
 
@@ -72,45 +72,12 @@ class Submit:
     owner: str  # the submitting store's (shown as the turn's lease owner)
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    turn_id: str
-    epoch: int
-    next_position: int
-
-
-@dataclass(frozen=True, slots=True)
-class Duplicate:
-    turn_id: str
-    status: str
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    turn_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class TakenOver:
-    """The submit's turn was started (its user message written) and has since ended
-    without its submitter: taken over while it was away, or ended."""
-
-    turn_id: str
-    status: str
-
-
-class Busy:
-    pass
-
-
-Decision = Claimed | Duplicate | Queued | Busy | TakenOver
-
 #: A turn that has run: a poll or a retry for it must not claim it again.
 RAN = frozenset({"expired", "finished", "failed", "interrupted"})
 
 
 async def begin_turn(
-    store: Store,
+    core: Core,
     conversation_id: str,
     user_message: Content,
     *,
@@ -118,7 +85,7 @@ async def begin_turn(
     on_busy: OnBusy,
     timeout: float | None,
 ) -> Turn:
-    limits = store.limits
+    limits = core.limits
     check_identifier(conversation_id, "conversation id", limits.max_id_length)
     if idempotency_key is not None:
         check_identifier(idempotency_key, "idempotency key", limits.max_id_length)
@@ -130,12 +97,12 @@ async def begin_turn(
         content_json,
         hashlib.sha256(content_json.encode()).hexdigest(),
         idempotency_key,
-        store._owner,
+        core.owner,
     )
-    timeout = store.config.busy_timeout if timeout is None else timeout
+    timeout = core.config.busy_timeout if timeout is None else timeout
     started = anyio.current_time()
     with telemetry.span("begin_turn", conversation_id) as span:
-        turn = await _begin(store, submit, on_busy, timeout, started)
+        turn = await _begin(core, submit, on_busy, timeout, started)
         if span.is_recording():
             span.set_attribute("turnstore.turn_id", turn.id)
             span.set_attribute("turnstore.outcome", "duplicate" if turn.duplicate else "claimed")
@@ -148,7 +115,7 @@ async def begin_turn(
 
 
 async def _begin(
-    store: Store, submit: Submit, on_busy: OnBusy, timeout: float, started: float
+    core: Core, submit: Submit, on_busy: OnBusy, timeout: float, started: float
 ) -> Turn:
     conversation_id, idempotency_key = submit.conversation_id, submit.idempotency_key
 
@@ -156,32 +123,32 @@ async def _begin(
     if idempotency_key is not None:
         # A submit of the same key and message by this process is being decided right now
         # (a double click): it will be the turn, this one its duplicate. Without a write.
-        earlier = store._wakeups.submit_in_flight(conversation_id, idempotency_key)
+        earlier = core.wakeups.submit_in_flight(conversation_id, idempotency_key)
         if earlier is not None and earlier.content_hash == submit.content_hash:
             await earlier.decided.wait()
             decision = earlier.duplicate
     # The same submit again after its claim's outcome was unknown: the same turn id, so
     # that a claim that landed is recognised as this submit's own, not as a duplicate.
     unknown = (conversation_id, idempotency_key or submit.content_hash)
-    resumed = store._unknown_claims.pop(unknown, None)
+    resumed = core.unknown_claims.pop(unknown, None)
     turn_id = resumed or f"turn_{uuid.uuid4().hex}"
     try:
-        with store._wakeups.deciding(conversation_id, turn_id):
+        with core.wakeups.deciding(conversation_id, turn_id):
             if decision is None:
-                with store._wakeups.submitting(
+                with core.wakeups.submitting(
                     conversation_id, idempotency_key, submit.content_hash
                 ) as f:
                     decision = await _decide(
-                        store, submit, turn_id, on_busy, first=True, retry=resumed is not None
+                        core, submit, turn_id, on_busy, first=True, retry=resumed is not None
                     )
                     f.duplicate = _as_duplicate(decision)
             if isinstance(decision, Queued):
-                decision = await _wait_in_queue(store, submit, decision.turn_id, started + timeout)
+                decision = await _wait_in_queue(core, submit, decision.turn_id, started + timeout)
     except StoreUnavailable as exc:
         # The submit may stand in the database (claimed by an attempt whose reply was lost,
         # or waiting in line): the same submit again goes on with the same turn id, and is
         # answered as this submit, never as a duplicate of itself.
-        store._unknown_claims[unknown] = turn_id
+        core.unknown_claims[unknown] = turn_id
         if isinstance(exc, WriteNotApplied) and resumed is None and decision is None:
             raise  # nothing of this submit can be in the database
         raise OutcomeUnknown(
@@ -195,18 +162,18 @@ async def _begin(
         raise TurnTakenOver(conversation_id, decision.turn_id, decision.status)
     if isinstance(decision, Duplicate):
         return Turn(
-            store,
+            core,
             turn_id=decision.turn_id,
             conversation_id=conversation_id,
             duplicate=True,
             status=decision.status,
         )
     assert isinstance(decision, Claimed)
-    return _turn(store, conversation_id, decision)
+    return _turn(core, conversation_id, decision)
 
 
 async def _decide(
-    store: Store,
+    core: Core,
     submit: Submit,
     turn_id: str,
     on_busy: OnBusy,
@@ -216,14 +183,14 @@ async def _decide(
 ) -> Decision:
     """One claim decision (retried on transient failures: each retry asks the database
     whether the attempt before it landed). ``retry``: an earlier call's attempt may have."""
-    store._claim_decisions[0 if first else 1] += 1
+    core.claim_decisions[0 if first else 1] += 1
     attempts = 0
     # A turn of this process holds the conversation: this submit will queue behind it (or
     # is a duplicate), and that turn's next write comes within moments. Ride in its batch
     # rather than take a transaction of its own on the conversation's critical path.
     linger = (
         CLAIM_LINGER_SECONDS
-        if first and on_busy == "wait" and store._wakeups.held_here(submit.conversation_id)
+        if first and on_busy == "wait" and core.wakeups.held_here(submit.conversation_id)
         else 0.0
     )
 
@@ -231,17 +198,17 @@ async def _decide(
         nonlocal attempts
         attempts += 1
         wait = linger if attempts == 1 else 0.0  # a retry goes at once
-        fast = await store._backend.claim_fast(
+        fast = await core.backend.claim_fast(
             ClaimRequest(
-                lock_key=store._backend.lock_key(submit.conversation_id),
+                lock_key=core.backend.lock_key(submit.conversation_id),
                 conversation_id=submit.conversation_id,
                 turn_id=turn_id,
                 idempotency_key=submit.idempotency_key,
                 content_hash=submit.content_hash,
                 content_json=submit.content_json,
                 owner=submit.owner,
-                lease_seconds=store.config.lease_seconds,
-                window_seconds=store.config.duplicate_window_seconds,
+                lease_seconds=core.config.lease_seconds,
+                window_seconds=core.config.duplicate_window_seconds,
                 fail_when_busy=on_busy == "fail",
                 first=first,
                 retry=retry or attempts > 1,
@@ -258,12 +225,12 @@ async def _decide(
                 landed = await _own_landed_attempt(tx, turn_id, submit.conversation_id)
                 if landed is not None:
                     return landed
-            return await _decide_in(store, tx, submit, turn_id, on_busy, first=first)
+            return await _decide_in(core.config, tx, submit, turn_id, on_busy, first=first)
 
-        return await store._backend.transaction(submit.conversation_id, decide, linger=wait)
+        return await core.backend.transaction(submit.conversation_id, decide, linger=wait)
 
     with anyio.CancelScope(shield=True):
-        decision = await store._backend.retrying(attempt)
+        decision = await core.backend.retrying(attempt)
     return decision
 
 
@@ -318,10 +285,10 @@ async def _started(tx: Tx, turn_id: str, conversation_id: str, epoch: int) -> Cl
 
 
 async def _decide_in(
-    store: Store, tx: Tx, submit: Submit, turn_id: str, on_busy: OnBusy, *, first: bool
+    config: StoreConfig, tx: Tx, submit: Submit, turn_id: str, on_busy: OnBusy, *, first: bool
 ) -> Decision:
     cid = submit.conversation_id
-    lease = store.config.lease_seconds
+    lease = config.lease_seconds
     requeue = False
     if not first:  # a poll: was this waiting turn handed the conversation meanwhile?
         state = await tx.one("turn_state", turn_id=turn_id)
@@ -330,7 +297,7 @@ async def _decide_in(
         if state is not None and state.status in RAN:  # and lost it while its submitter
             return TakenOver(turn_id, state.status)  # was away: never claim it again
     if first:
-        earlier = await _earlier_submit(store, tx, submit)
+        earlier = await _earlier_submit(config, tx, submit)
         if earlier is not None:
             if earlier.status != "refused":
                 return Duplicate(earlier.id, earlier.status)
@@ -339,7 +306,7 @@ async def _decide_in(
 
     head = await tx.one("queue_head", conversation_id=cid)
     if head is not None and head.stale:
-        await recover_expired(store, tx, cid)
+        await recover_expired(config, tx, cid)
         head = await tx.one("queue_head", conversation_id=cid)
     free = head is None or (head.id == turn_id and head.status == "queued")
     if not free:
@@ -356,7 +323,7 @@ async def _decide_in(
                     pending_content=submit.content_json,
                 )
             else:
-                await _insert_turn(tx, store, submit, turn_id, "queued", 0)
+                await _insert_turn(tx, config, submit, turn_id, "queued", 0)
             return Queued(turn_id)
         touched = await tx.run(
             "refresh_queued_turn", turn_id=turn_id, conversation_id=cid, lease_seconds=lease
@@ -367,7 +334,7 @@ async def _decide_in(
     if epoch is None:  # the conversation's first turn
         epoch = await tx.scalar("first_epoch", conversation_id=cid)
     if first and not requeue:
-        await _insert_turn(tx, store, submit, turn_id, "running", epoch)
+        await _insert_turn(tx, config, submit, turn_id, "running", epoch)
     else:  # a waiting turn, or one that gave up waiting (refused) and is submitted again
         await tx.run(
             "promote_turn",
@@ -397,7 +364,7 @@ async def _decide_in(
     return Claimed(turn_id, epoch, position + 1)
 
 
-async def _earlier_submit(store: Store, tx: Tx, submit: Submit) -> Any:
+async def _earlier_submit(config: StoreConfig, tx: Tx, submit: Submit) -> Any:
     if submit.idempotency_key is not None:
         row = await tx.one(
             "turn_by_key",
@@ -407,7 +374,7 @@ async def _earlier_submit(store: Store, tx: Tx, submit: Submit) -> Any:
         if row is not None and row.content_hash != submit.content_hash:
             raise _key_reused(submit)
         return row
-    window = store.config.duplicate_window_seconds
+    window = config.duplicate_window_seconds
     if not window:
         return None
     return await tx.one(
@@ -419,7 +386,7 @@ async def _earlier_submit(store: Store, tx: Tx, submit: Submit) -> Any:
 
 
 async def _insert_turn(
-    tx: Tx, store: Store, submit: Submit, turn_id: str, status: str, epoch: int
+    tx: Tx, config: StoreConfig, submit: Submit, turn_id: str, status: str, epoch: int
 ) -> None:
     await tx.run(
         "insert_turn",
@@ -430,19 +397,19 @@ async def _insert_turn(
         status=status,
         epoch=epoch,
         owner=submit.owner,
-        lease_seconds=store.config.lease_seconds,
+        lease_seconds=config.lease_seconds,
         # a waiting turn keeps its message: the turn that ends before it starts it
         pending_content=submit.content_json if status == "queued" else None,
     )
 
 
-async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: float) -> Decision:
+async def _wait_in_queue(core: Core, submit: Submit, turn_id: str, deadline: float) -> Decision:
     """Wait until this turn is handed the conversation (told at once if the turn before
     it ends in this process), or finds it free at a poll, or the deadline passes."""
     cid = submit.conversation_id
-    delay = store.config.poll_min_seconds
+    delay = core.config.poll_min_seconds
     telemetry.queued_submits.add(1)
-    with store._wakeups.queued(cid, turn_id) as waiter, _counted_out():
+    with core.wakeups.queued(cid, turn_id) as waiter, _counted_out():
         try:
             while waiter.handed is None:
                 remaining = deadline - anyio.current_time()
@@ -450,16 +417,16 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
                     break
                 # A turn of this process that holds the conversation hands it over or wakes
                 # the line when it ends: poll only to keep this turn's own lease alive.
-                if store._wakeups.held_here(cid):
-                    pause = store.config.heartbeat_seconds or delay
+                if core.wakeups.held_here(cid):
+                    pause = core.config.heartbeat_seconds or delay
                 else:
                     pause = delay
-                    delay = min(delay * 2, store.config.poll_max_seconds)
-                await store._wakeups.sleep(waiter, min(pause, remaining))
+                    delay = min(delay * 2, core.config.poll_max_seconds)
+                await core.wakeups.sleep(waiter, min(pause, remaining))
                 if waiter.handed is not None:
                     break
                 try:
-                    decision = await _decide(store, submit, turn_id, "wait", first=False)
+                    decision = await _decide(core, submit, turn_id, "wait", first=False)
                 except StoreUnavailable:
                     continue  # a missed poll: the turn keeps its place until the deadline
                 if not isinstance(decision, Queued):
@@ -467,19 +434,19 @@ async def _wait_in_queue(store: Store, submit: Submit, turn_id: str, deadline: f
             if waiter.handed is not None:
                 return _from_row(waiter.handed, submit)
         except BaseException:
-            started = await _give_up(store, submit, turn_id, "the submitter stopped waiting")
+            started = await _give_up(core, submit, turn_id, "the submitter stopped waiting")
             if isinstance(started, Claimed):  # handed over as it gave up: end the turn
                 with anyio.CancelScope(shield=True):
-                    await _turn(store, cid, started).end_quietly(
+                    await _turn(core, cid, started).end_quietly(
                         "interrupted", "the submitter stopped waiting"
                     )
             raise
-    started = await _give_up(store, submit, turn_id, "timed out waiting for the conversation")
+    started = await _give_up(core, submit, turn_id, "timed out waiting for the conversation")
     return started if started is not None else Busy()
 
 
 async def _give_up(
-    store: Store, submit: Submit, turn_id: str, why: str
+    core: Core, submit: Submit, turn_id: str, why: str
 ) -> Claimed | TakenOver | None:
     """Leave the line. If the turn was handed the conversation just before (it runs, its
     message written), return it: the caller runs it or ends it; if it was handed over and
@@ -497,12 +464,12 @@ async def _give_up(
         return None
 
     def attempt() -> Awaitable[Claimed | TakenOver | None]:
-        return store._backend.transaction(cid, leave)
+        return core.backend.transaction(cid, leave)
 
     with anyio.CancelScope(shield=True):
-        started = await store._backend.retrying(attempt)
+        started = await core.backend.retrying(attempt)
     if started is None:  # its duplicates learn it; the next in line may claim
-        store._wakeups.turn_ended(cid, TurnOutcome(turn_id, "refused", why, 0), handed_over=False)
+        core.wakeups.turn_ended(cid, TurnOutcome(turn_id, "refused", why, 0), handed_over=False)
     return started
 
 
@@ -514,9 +481,9 @@ def _counted_out() -> Iterator[None]:
         telemetry.queued_submits.add(-1)
 
 
-def _turn(store: Store, conversation_id: str, claimed: Claimed) -> Turn:
+def _turn(core: Core, conversation_id: str, claimed: Claimed) -> Turn:
     return Turn(
-        store,
+        core,
         turn_id=claimed.turn_id,
         conversation_id=conversation_id,
         duplicate=False,
@@ -525,7 +492,7 @@ def _turn(store: Store, conversation_id: str, claimed: Claimed) -> Turn:
     )
 
 
-async def hand_over(store: Store, tx: Tx, end: TurnEnd) -> ClaimRow | None:
+async def hand_over(config: StoreConfig, tx: Tx, end: TurnEnd) -> ClaimRow | None:
     """Start the next turn in line, inside the transaction that ended the turn before it:
     its user message is written now, and its submitter finds it running (at once if it
     waits in this process, else at its next poll). PostgreSQL's turnstore_apply does the
@@ -534,13 +501,13 @@ async def hand_over(store: Store, tx: Tx, end: TurnEnd) -> ClaimRow | None:
     if row is None:
         return None
     waiting = Submit(end.conversation_id, row.pending_content, "", None, row.lease_owner)
-    decision = await _decide_in(store, tx, waiting, row.id, "wait", first=False)
+    decision = await _decide_in(config, tx, waiting, row.id, "wait", first=False)
     if not isinstance(decision, Claimed):
         return None
     return ClaimRow("claimed", decision.turn_id, "running", decision.epoch, decision.next_position)
 
 
-async def recover_expired(store: Store, tx: Tx, conversation_id: str) -> list[str]:
+async def recover_expired(config: StoreConfig, tx: Tx, conversation_id: str) -> list[str]:
     """Take over turns whose lease expired. A running one's checkpointed step is committed,
     its unanswered calls closed as interrupted. Returns the ids of the turns taken over."""
     taken = []
@@ -550,11 +517,11 @@ async def recover_expired(store: Store, tx: Tx, conversation_id: str) -> list[st
         taken.append(row.id)
         telemetry.takeovers.add(1)
         with telemetry.span("takeover", conversation_id, row.id):
-            await _recover(store, tx, conversation_id, row)
+            await _recover(config, tx, conversation_id, row)
     return taken
 
 
-async def _recover(store: Store, tx: Tx, conversation_id: str, row: Any) -> None:
+async def _recover(config: StoreConfig, tx: Tx, conversation_id: str, row: Any) -> None:
     """Commit what an expired turn had checkpointed, unanswered calls interrupted."""
     step = row.steps + 1
     payload = await tx.scalar("staged_step", turn_id=row.id, step=step)
@@ -589,7 +556,7 @@ async def _recover(store: Store, tx: Tx, conversation_id: str, row: Any) -> None
                 if c.id not in answered
             ]
             write = StepWrite.of(
-                encode_step(message, results, store.limits),
+                encode_step(message, results, config.limits),
                 lock_key=0,  # the caller's transaction already holds the conversation
                 conversation_id=conversation_id,
                 turn_id=row.id,

@@ -13,7 +13,8 @@ import anyio
 from sqlalchemy.engine import make_url
 
 from .checker import check
-from .store import Store, StoreConfig
+from .config import StoreConfig
+from .store import Store
 from .turn import Turn
 
 DEMO_URL = "sqlite+aiosqlite:///./turnstore-demo.db"

@@ -81,6 +81,6 @@ async def erase(store: Store, conversation_id: str, *, force: bool = False) -> E
             raise store._backend.translate(exc) from exc
     if isinstance(outcome, _Refused):
         raise ConversationInUse(cid, outcome.live)
-    for key in [k for k in store._unknown_claims if k[0] == cid]:
-        del store._unknown_claims[key]
+    for key in [k for k in store._core.unknown_claims if k[0] == cid]:
+        del store._core.unknown_claims[key]
     return outcome

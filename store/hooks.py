@@ -10,6 +10,7 @@ benchmarks, not promised to stay as they are.
   on the object (``monkeypatch.setattr``) to lose a reply or a request.
 - ``claim_decisions(store)``: how many claim decisions the store asked of the database.
 - ``use_python_claims(store)``: PostgreSQL's claims by the Python rules, as SQLite's.
+- ``core(store)``: what the store hands to ``claim`` and ``turn``.
 - ``group_commit(store)``: the backend's batches of writes (``GroupCommit``): its counts,
   ``lingering()``, and ``intercept(wrap)`` to hold batches up or answer them without a
   database.
@@ -21,8 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .core import Core
     from .group_commit import GroupCommit
     from .store import Store
+
+
+def core(store: Store) -> Core:
+    """What ``store`` hands to beginning and running turns (``store.core``): a test may
+    call the claim's steps (``store.claim``) with it directly."""
+    return store._core
 
 
 def backend(store: Store) -> Backend:
@@ -51,16 +59,16 @@ def use_python_claims(store: Store) -> None:
 
 def owner(store: Store) -> str:
     """The owner name that ``store``'s turns carry (host, process id, a random suffix)."""
-    return store._owner
+    return store._core.owner
 
 
 def claim_decisions(store: Store) -> tuple[int, int]:
     """How many claim decisions ``store`` has asked of the database: for first submits,
     and for polls of queued ones (a submit that learns its outcome in the process asks none)."""
-    first, polls = store._claim_decisions
+    first, polls = store._core.claim_decisions
     return first, polls
 
 
 def pending_wakeups(store: Store) -> int:
     """How many wake-up events of ended turns ``store`` still keeps for local waiters."""
-    return store._wakeups.pending_events()
+    return store._core.wakeups.pending_events()

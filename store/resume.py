@@ -74,7 +74,7 @@ async def resume_turn(store: Store, turn_id: str, *, epoch: int | None = None) -
     if row.status != "running":
         raise TurnFinished(f"turn {turn_id} has ended ({row.status}); begin a new turn")
     turn = Turn(
-        store,
+        store._core,
         turn_id=turn_id,
         conversation_id=row.conversation_id,
         duplicate=False,

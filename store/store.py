@@ -7,9 +7,10 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -18,55 +19,23 @@ from sqlalchemy.engine import URL, make_url
 
 from . import claim, telemetry
 from .backends.base import MIGRATION_ATTEMPTS, MIGRATION_LOCK_TIMEOUT, Backend
-from .backends.records import ClaimRow, TurnEnd
-from .backends.retry import DEFAULT_RETRY_SECONDS
-from .backends.tx import Tx
+from .config import StoreConfig
+from .core import Core
 from .erase import Erased, erase
 from .errors import StoreUnavailable, TurnNotFound
 from .history import as_datetime, read_history, read_replay_rows
-from .messages import Content, Limits, StoredMessage
+from .messages import Content, StoredMessage
+from .outcome import TurnOutcome
 from .replay.fast import replay_rows
 from .replay.pairing import Unanswered
 from .replay.repair import Repair
 from .schema_window import check_window
-from .turn import TERMINAL, Turn, TurnOutcome
-from .wakeups import LocalWakeups
+from .turn import Turn, wait_for_turn
 
 if TYPE_CHECKING:
     from .usage import UsageRecord, UsageTotals
 
 DEFAULT_URL = "sqlite+aiosqlite:///./conversations.db"
-_LOCAL_RECHECK_S = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    """Behaviour under contention and failure. The defaults suit an interactive agent."""
-
-    lease_seconds: float = 30.0
-    """How long a turn owns its conversation without a sign of life (a committed step or a
-    heartbeat). After that another submit may take the conversation over."""
-    heartbeat_seconds: float | None = None
-    """How often ``async with turn`` renews the lease; default a third of the lease."""
-    busy_timeout: float = 30.0
-    """How long ``begin_turn(on_busy="wait")`` waits for a busy conversation by default."""
-    duplicate_window_seconds: float = 10.0
-    """Keyless submits: the same user message while its turn runs, or this many seconds
-    after it ended, is the same submit. 0 turns keyless de-duplication off."""
-    poll_min_seconds: float = 0.01
-    """A queued submit polls the database after this long, doubling up to the maximum (a
-    turn ending in the same process wakes the oldest local waiter at once)."""
-    poll_max_seconds: float = 0.1
-    retry_seconds: float = DEFAULT_RETRY_SECONDS
-    """How long a call retries transient failures (a broken connection, a server
-    restarting, ``database is locked``, a serialization failure) with jittered backoff
-    before it raises ``WriteNotApplied`` or ``OutcomeUnknown`` (``StoreUnavailable`` for a
-    read). 0: no retry."""
-    limits: Limits = field(default_factory=Limits)
-
-    def __post_init__(self) -> None:
-        if self.heartbeat_seconds is None:
-            object.__setattr__(self, "heartbeat_seconds", self.lease_seconds / 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +61,13 @@ class Store:
         self.config = config
         backend.retry_seconds = config.retry_seconds
         self.limits = config.limits
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._wakeups = LocalWakeups()
-        #: claims whose outcome is unknown, by (conversation, idempotency key or content
-        #: hash): the same submit again reuses the turn id, to be answered exactly
-        self._unknown_claims: dict[tuple[str, str], str] = {}
-        #: claim decisions asked of the database: [by first submits, by polls of queued
-        #: ones] (``store.hooks.claim_decisions``)
-        self._claim_decisions = [0, 0]
+        #: what beginning and running turns need, handed to ``claim`` and ``turn``
+        self._core = Core(
+            backend,
+            config,
+            owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            hand_over=partial(claim.hand_over, config),
+        )
 
     @staticmethod
     def open(
@@ -173,7 +141,7 @@ class Store:
         turn with ``duplicate=True``: nothing new is written.
         """
         return await claim.begin_turn(
-            self,
+            self._core,
             conversation_id,
             user_message,
             idempotency_key=idempotency_key,
@@ -247,29 +215,9 @@ class Store:
         )
 
     async def wait_for_turn(self, turn_id: str) -> TurnOutcome:
-        """Wait until a turn has ended; return its outcome. A turn that runs or waits in
-        this process tells its waiters when it ends, without a database read (which is still
-        made every ``_LOCAL_RECHECK_S``, in case it was taken over elsewhere); one in another
-        process is seen within a poll (0.5 s at most)."""
-        delay = 0.05
-        recheck_at = anyio.current_time() + _LOCAL_RECHECK_S
-        while True:
-            outcome = self._wakeups.outcome(turn_id)
-            if outcome is not None:
-                return outcome  # type: ignore[no-any-return]
-            now = anyio.current_time()
-            if not self._wakeups.lives_here(turn_id) or now >= recheck_at:
-                info = await self.turn_status(turn_id)
-                if info.status in TERMINAL:
-                    return TurnOutcome(info.id, info.status, info.error, info.steps)
-                recheck_at = now + _LOCAL_RECHECK_S
-            await self._wakeups.sleep_until_ended(turn_id, delay)
-            delay = min(delay * 2, 0.5)
-
-    async def _hand_over(self, tx: Tx, end: TurnEnd) -> ClaimRow | None:
-        """Inside the transaction that ends a turn, start the next turn in line (see
-        ``claim.hand_over``); the backends call it."""
-        return await claim.hand_over(self, tx, end)
+        """Wait until a turn has ended; return its outcome (see ``Turn.wait``): at once when
+        it ends in this process, within a poll (0.5 s at most) when elsewhere."""
+        return await wait_for_turn(self._core, turn_id)
 
     async def history(
         self, conversation_id: str, *, last: int | None = None
@@ -343,7 +291,8 @@ class Store:
         from .usage import record_usage
 
         return await record_usage(
-            self,
+            self._backend,
+            self.limits,
             turn,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -22,6 +22,7 @@ from . import telemetry
 from .backends.fenced import refusal
 from .backends.records import StepWrite, TurnEnd
 from .backends.tx import Tx
+from .core import Core
 from .errors import (
     DuplicateTurnWrite,
     IntegrityViolation,
@@ -30,6 +31,7 @@ from .errors import (
     OutcomeUnknown,
     StoreUnavailable,
     TurnFinished,
+    TurnNotFound,
     WriteNotApplied,
 )
 from .messages import (
@@ -44,11 +46,12 @@ from .messages import (
     encode_step,
     reasoning_part,
 )
+from .outcome import TurnOutcome
+from .usage import record_usage
 
 if TYPE_CHECKING:
     from decimal import Decimal
 
-    from .store import Store
     from .usage import UsageRecord
 
 log = logging.getLogger("turnstore")
@@ -56,14 +59,37 @@ T = TypeVar("T")
 
 EndStatus = Literal["finished", "failed", "interrupted"]
 TERMINAL = frozenset({"finished", "failed", "interrupted", "expired", "refused"})
+#: how often a wait on a turn of this process reads the database all the same (it may
+#: have been taken over elsewhere)
+_LOCAL_RECHECK_S = 2.0
 
 
-@dataclass(frozen=True, slots=True)
-class TurnOutcome:
-    turn_id: str
-    status: str
-    error: str | None
-    steps: int
+async def wait_for_turn(core: Core, turn_id: str) -> TurnOutcome:
+    """Wait until a turn has ended; return its outcome. A turn that runs or waits in this
+    process tells its waiters when it ends, without a database read (which is still made
+    every ``_LOCAL_RECHECK_S``, in case it was taken over elsewhere); one in another process
+    is seen within a poll (0.5 s at most). ``TurnNotFound`` if there is no such turn."""
+
+    async def read() -> Any:
+        async with core.backend.read() as tx:
+            return await tx.one("turn_info", turn_id=turn_id)
+
+    delay = 0.05
+    recheck_at = anyio.current_time() + _LOCAL_RECHECK_S
+    while True:
+        outcome = core.wakeups.outcome(turn_id)
+        if outcome is not None:
+            return outcome
+        now = anyio.current_time()
+        if not core.wakeups.lives_here(turn_id) or now >= recheck_at:
+            row = await core.backend.retrying(read, write=False)
+            if row is None:
+                raise TurnNotFound(f"no turn {turn_id!r}")
+            if row.status in TERMINAL:
+                return TurnOutcome(row.id, row.status, row.error, row.steps)
+            recheck_at = now + _LOCAL_RECHECK_S
+        await core.wakeups.sleep_until_ended(turn_id, delay)
+        delay = min(delay * 2, 0.5)
 
 
 class Turn:
@@ -76,7 +102,7 @@ class Turn:
 
     def __init__(
         self,
-        store: Store,
+        core: Core,
         *,
         turn_id: str,
         conversation_id: str,
@@ -85,7 +111,7 @@ class Turn:
         next_position: int = 0,
         status: str = "running",
     ) -> None:
-        self._store = store
+        self._core = core
         self.id = turn_id
         self.conversation_id = conversation_id
         self.duplicate = duplicate
@@ -102,7 +128,7 @@ class Turn:
         #: turn commits it (``_end``)
         self._staged: StepBuffer | None = None
         if not duplicate and status == "running":
-            store._wakeups.turn_started(self)
+            core.wakeups.turn_started(self)
 
     def __repr__(self) -> str:
         kind = "duplicate of " if self.duplicate else ""
@@ -117,7 +143,7 @@ class Turn:
         per call. Returns the step number. Refuses bad input before writing anything."""
         self._check_writable()
         encoded = encode_step(
-            message, results, self._store.limits, known_call_ids=frozenset(self._call_ids)
+            message, results, self._core.limits, known_call_ids=frozenset(self._call_ids)
         )
         return await self._commit(encoded)
 
@@ -146,7 +172,7 @@ class Turn:
             encoded = encode_step(
                 final_message,
                 results,
-                self._store.limits,
+                self._core.limits,
                 known_call_ids=frozenset(self._call_ids),
             )
         elif results:
@@ -176,7 +202,7 @@ class Turn:
         checkpoint the step in progress in the same transaction. A staged call whose id the
         conversation already used is refused (``InvalidMessage``), nothing staged: the
         turn that took over after a crash could never commit it."""
-        store = self._store
+        core = self._core
 
         async def renew(tx: Tx) -> str | None:
             if await tx.run(
@@ -184,7 +210,7 @@ class Turn:
                 turn_id=self.id,
                 conversation_id=self.conversation_id,
                 epoch=self.epoch,
-                lease_seconds=store.config.lease_seconds,
+                lease_seconds=core.config.lease_seconds,
             ):
                 if staged_payload is not None:
                     reused = [
@@ -207,7 +233,7 @@ class Turn:
             return await refusal(tx, self.id)
 
         def attempt() -> Awaitable[str | None]:
-            return store._backend.transaction(self.conversation_id, renew)
+            return core.backend.transaction(self.conversation_id, renew)
 
         with anyio.CancelScope(shield=True):
             refused = await self._run_write(attempt, None)
@@ -236,7 +262,9 @@ class Turn:
         """Record what a model call of this turn cost (tokens, and the cost in US dollars):
         ``Store.record_usage`` for this turn. Append-only; ``usage_id`` makes a retry
         exact."""
-        return await self._store.record_usage(
+        return await record_usage(
+            self._core.backend,
+            self._core.limits,
             self,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -252,14 +280,14 @@ class Turn:
         """Wait until the turn has ended (for a duplicate: the first submit's turn) and
         return its outcome. Raises ``TimeoutError`` after ``timeout`` seconds."""
         with anyio.fail_after(timeout):
-            return await self._store.wait_for_turn(self.id)
+            return await wait_for_turn(self._core, self.id)
 
     # --- keepalive ----------------------------------------------------------------------
 
     async def keep_alive(self) -> None:
         """Renew the lease every ``heartbeat_seconds`` until cancelled or the turn ends.
         ``Store.turn`` runs this in the background for you."""
-        interval = self._store.config.heartbeat_seconds
+        interval = self._core.config.heartbeat_seconds
         assert interval is not None  # StoreConfig fills its default in
         while True:
             await anyio.sleep(interval)
@@ -284,14 +312,14 @@ class Turn:
             raise TurnFinished(f"turn {self.id} has ended ({self.status}); begin a new turn")
 
     def _write_for(self, encoded: EncodedStep) -> StepWrite:
-        store = self._store
+        core = self._core
         return StepWrite.of(
             encoded,
-            lock_key=store._backend.lock_key(self.conversation_id),
+            lock_key=core.backend.lock_key(self.conversation_id),
             conversation_id=self.conversation_id,
             turn_id=self.id,
             epoch=self.epoch,
-            lease_seconds=store.config.lease_seconds,
+            lease_seconds=core.config.lease_seconds,
             step=self.steps + 1,
             position=self._next_position,
         )
@@ -314,14 +342,14 @@ class Turn:
 
     async def _commit_locked(self, encoded: EncodedStep) -> int:
         """Commit a step; the caller holds the write lock."""
-        store = self._store
+        core = self._core
         landed = await self._settle()
         if landed is not None and landed.same_step(encoded):
             return landed.step  # the same write again, after an unknown outcome
         write = self._write_for(encoded)
         with anyio.CancelScope(shield=True):
             try:
-                outcome = await self._run_write(lambda: store._backend.commit_step(write), write)
+                outcome = await self._run_write(lambda: core.backend.commit_step(write), write)
             except OutcomeUnknown:
                 self._unsettled = write
                 raise
@@ -344,11 +372,11 @@ class Turn:
         """Whether ``write`` is in history, read back from the positions it was sent to and
         compared by content (its turn, step, message, call ids, results), never by its step
         number alone."""
-        store = self._store
+        core = self._core
         last = write.position + len(write.call_ids)
 
         async def read() -> Sequence[Any]:
-            async with store._backend.read() as tx:
+            async with core.backend.read() as tx:
                 return await tx.all(
                     "step_rows",
                     conversation_id=self.conversation_id,
@@ -357,7 +385,7 @@ class Turn:
                 )
 
         with anyio.CancelScope(shield=True):
-            rows = await store._backend.retrying(read, write=False)
+            rows = await core.backend.retrying(read, write=False)
         return write.matches_rows(rows)
 
     async def _settle(self) -> StepWrite | None:
@@ -386,9 +414,9 @@ class Turn:
         token and the step's content make a repeat safe) and translate database errors
         into ours."""
         try:
-            return await self._store._backend.retrying(attempt)
+            return await self._core.backend.retrying(attempt)
         except Exception as exc:
-            translated = self._store._backend.translate(exc)
+            translated = self._core.backend.translate(exc)
             if (
                 isinstance(translated, IntegrityViolation)
                 and write is not None
@@ -400,10 +428,10 @@ class Turn:
     async def _reused_call_id(self, write: StepWrite) -> InvalidMessage:
         """The error for a step refused because one of its call ids is already in the
         conversation, naming that id."""
-        store = self._store
+        core = self._core
 
         async def used() -> list[str]:
-            async with store._backend.read() as tx:
+            async with core.backend.read() as tx:
                 return [
                     call_id
                     for call_id in write.call_ids
@@ -414,7 +442,7 @@ class Turn:
                 ]
 
         with anyio.CancelScope(shield=True):
-            reused = await store._backend.retrying(used, write=False)
+            reused = await core.backend.retrying(used, write=False)
         which = ", ".join(repr(c) for c in reused) or "one of its tool call ids"
         return InvalidMessage(
             f"tool call id {which} is already used in conversation {self.conversation_id!r}; "
@@ -431,7 +459,7 @@ class Turn:
     async def _end_traced(
         self, status: EndStatus, error: str | None, final: EncodedStep | None
     ) -> None:
-        store = self._store
+        core = self._core
         async with _held(self._write_lock):
             self._check_writable()
             await self._settle()
@@ -442,7 +470,7 @@ class Turn:
                 # closed as interrupted, as a takeover would commit it.
                 closed = encode_step(
                     *staged.closed(INTERRUPTED),
-                    store.limits,
+                    core.limits,
                     known_call_ids=frozenset(self._call_ids),
                 )
                 if final is None:
@@ -451,19 +479,19 @@ class Turn:
                     await self._commit_locked(closed)
             write = self._write_for(final) if final is not None else None
             end = TurnEnd(
-                lock_key=store._backend.lock_key(self.conversation_id),
+                lock_key=core.backend.lock_key(self.conversation_id),
                 conversation_id=self.conversation_id,
                 turn_id=self.id,
                 epoch=self.epoch,
                 status=status,
                 error=error,
                 final=write,
-                lease_seconds=store.config.lease_seconds,
+                lease_seconds=core.config.lease_seconds,
             )
 
             with anyio.CancelScope(shield=True):
                 ended = await self._run_write(
-                    lambda: store._backend.end_turn(end, store._hand_over), write
+                    lambda: core.backend.end_turn(end, core.hand_over), write
                 )
             if ended.refused is not None:
                 ended_status = ended.refused.partition(":")[0]
@@ -472,10 +500,10 @@ class Turn:
             if write is not None:
                 self._committed(write)
             self.status = status
-        handed = ended.handed_to is not None and store._wakeups.handed_over(
+        handed = ended.handed_to is not None and core.wakeups.handed_over(
             self.conversation_id, ended.handed_to
         )
-        store._wakeups.turn_ended(
+        core.wakeups.turn_ended(
             self.conversation_id,
             TurnOutcome(self.id, status, error, self.steps),
             handed_over=handed,
@@ -549,7 +577,7 @@ class StepBuffer:
         provider_data: Mapping[str, Any] | None = None,
     ) -> None:
         call = ToolCall(call_id, name, dict(arguments or {}), provider_data)
-        limits = self.turn._store.limits
+        limits = self.turn._core.limits
         encode_call(call, limits)  # refuse bad input here, where it was given
         if any(c.id == call_id for c in self.calls) or call_id in self.turn._call_ids:
             raise InvalidMessage(f"duplicate tool call id {call_id!r}")
@@ -565,7 +593,7 @@ class StepBuffer:
         if call_id in self.results:
             raise InvalidMessage(f"second result for call {call_id!r}")
         result = ToolResult(call_id, content, is_error)
-        encode_result(result, "-", self.turn._store.limits)
+        encode_result(result, "-", self.turn._core.limits)
         self.results[call_id] = result
 
     @property

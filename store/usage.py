@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .backends.base import Backend
 from .backends.tx import Tx
 from .errors import DuplicateTurnWrite, InvalidMessage, LeaseLost, TurnNotFound
 from .history import as_datetime
-from .messages import check_identifier
+from .messages import Limits, check_identifier
 
 if TYPE_CHECKING:
     from .store import Store
@@ -125,7 +126,8 @@ def _totals(row: Any) -> UsageTotals:
 
 
 async def record_usage(
-    store: Store,
+    backend: Backend,
+    limits: Limits,
     turn: Turn | str,
     *,
     prompt_tokens: int = 0,
@@ -149,15 +151,14 @@ async def record_usage(
     }
     if step is not None and (_count(step, "step") < 1):
         raise InvalidMessage("step must be 1 or more (None: the turn as a whole)")
-    limit = store.limits.max_id_length
+    limit = limits.max_id_length
     if model is not None:
         check_identifier(model, "model", limit)
     if usage_id is not None:
         check_identifier(usage_id, "usage id", limit)
     if isinstance(turn, str):
         turn_id = turn
-        info = await store.turn_status(turn_id)  # TurnNotFound
-        conversation_id = info.conversation_id
+        conversation_id = await _conversation_of(backend, turn_id)  # TurnNotFound
     else:
         if turn.duplicate:
             raise DuplicateTurnWrite(
@@ -210,13 +211,13 @@ async def record_usage(
         )
 
     def attempt() -> Awaitable[UsageRecord | str]:
-        return store._backend.transaction(conversation_id, work)
+        return backend.transaction(conversation_id, work)
 
     with anyio.CancelScope(shield=True):
         try:
-            outcome = await store._backend.retrying(attempt)
+            outcome = await backend.retrying(attempt)
         except Exception as exc:
-            raise store._backend.translate(exc) from exc
+            raise backend.translate(exc) from exc
     if isinstance(outcome, UsageRecord):
         return outcome
     why, _, detail = outcome.partition(":")
@@ -237,6 +238,17 @@ async def record_usage(
         f"step {step} of turn {turn_id}: the turn has committed {detail} steps (its next, "
         f"open step is {int(detail) + 1})"
     )
+
+
+async def _conversation_of(backend: Backend, turn_id: str) -> str:
+    async def read() -> Any:
+        async with backend.read() as tx:
+            return await tx.one("turn_info", turn_id=turn_id)
+
+    row = await backend.retrying(read, write=False)
+    if row is None:
+        raise TurnNotFound(f"no turn {turn_id!r}")
+    return str(row.conversation_id)
 
 
 async def usage_of_turn(store: Store, turn_id: str) -> list[UsageRecord]:

@@ -9,15 +9,30 @@ import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
+
+from .outcome import Duplicate, TurnOutcome
 
 if TYPE_CHECKING:
     from .backends.records import ClaimRow
 
 #: outcomes of turns that ended here, kept for late waiters (most recent first out)
 _OUTCOMES_KEPT = 4096
+
+
+class Running(Protocol):
+    """What the wake-ups read of a turn that runs in this process (a ``Turn``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def conversation_id(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
 
 
 class Waiter:
@@ -34,7 +49,7 @@ class Waiter:
 
 class Flight:
     """A submit with an idempotency key being decided in this process. When ``decided``,
-    ``duplicate`` is what a second submit of the same key gets (a ``claim.Duplicate``), or
+    ``duplicate`` is what a second submit of the same key gets, or
     None if the first one failed: the second then asks the database itself."""
 
     __slots__ = ("content_hash", "decided", "duplicate")
@@ -42,7 +57,7 @@ class Flight:
     def __init__(self, content_hash: str) -> None:
         self.content_hash = content_hash
         self.decided = anyio.Event()
-        self.duplicate: Any = None
+        self.duplicate: Duplicate | None = None
 
 
 class LocalWakeups:
@@ -53,8 +68,8 @@ class LocalWakeups:
         self._sleepers: Counter[str] = Counter()  # how many sleep on each of _ended
         # turns running here, by turn id and by conversation (a Turn that is dropped
         # without ending leaves them when it is collected)
-        self._running: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-        self._holders: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._running: weakref.WeakValueDictionary[str, Running] = weakref.WeakValueDictionary()
+        self._holders: weakref.WeakValueDictionary[str, Running] = weakref.WeakValueDictionary()
         # conversations handed over to a waiter here whose Turn is not built yet: turn id
         self._handed: dict[str, str] = {}
         self._waiting: dict[str, Waiter] = {}
@@ -62,7 +77,7 @@ class LocalWakeups:
         # conversation before their submitter joined the line (it picks the hand-over up)
         self._deciding: set[str] = set()
         self._handed_early: dict[str, ClaimRow] = {}
-        self._outcomes: OrderedDict[str, Any] = OrderedDict()
+        self._outcomes: OrderedDict[str, TurnOutcome] = OrderedDict()
 
     # --- submits being decided ----------------------------------------------------------
 
@@ -160,7 +175,7 @@ class LocalWakeups:
 
     # --- turns of this process ----------------------------------------------------------
 
-    def turn_started(self, turn: Any) -> None:
+    def turn_started(self, turn: Running) -> None:
         """``turn`` (a ``Turn``) runs in this process until ``turn_ended``."""
         self._running[turn.id] = turn
         self._holders[turn.conversation_id] = turn
@@ -180,7 +195,7 @@ class LocalWakeups:
         turn = self._holders.get(conversation_id)
         return turn is not None and turn.status == "running"
 
-    def outcome(self, turn_id: str) -> Any:
+    def outcome(self, turn_id: str) -> TurnOutcome | None:
         """The ``TurnOutcome`` of a turn that ended in this process, if known."""
         return self._outcomes.get(turn_id)
 
@@ -205,7 +220,7 @@ class LocalWakeups:
                 if self._ended.get(turn_id) is event:
                     del self._ended[turn_id]
 
-    def turn_ended(self, conversation_id: str, outcome: Any, *, handed_over: bool) -> None:
+    def turn_ended(self, conversation_id: str, outcome: TurnOutcome, *, handed_over: bool) -> None:
         """A turn of this process ended with ``outcome`` (a ``TurnOutcome``). Unless it
         handed the conversation over to a waiter here, or another turn here holds it now,
         wake the oldest local waiter: to claim it, or to poll while a turn of another

@@ -119,10 +119,10 @@ async def test_a_waiter_that_times_out_as_it_is_handed_over_runs_its_turn(
     first = await store.begin_turn("c", "first")
     content = '[{"type":"text","text":"second"}]'
     submit = Submit("c", content, "hash", "k2", hooks.owner(store))
-    queued = await claim._decide(store, submit, "turn_second", "wait", first=True)
+    queued = await claim._decide(hooks.core(store), submit, "turn_second", "wait", first=True)
     assert isinstance(queued, claim.Queued)
     await first.finish()  # hands over to turn_second
-    started = await claim._give_up(store, submit, "turn_second", "timed out")
+    started = await claim._give_up(hooks.core(store), submit, "turn_second", "timed out")
     assert isinstance(started, claim.Claimed) and started.turn_id == "turn_second"
     assert await _status(store, "turn_second") == "running"
 

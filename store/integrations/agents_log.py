@@ -375,7 +375,7 @@ class _Work:
         tx, cid = self.tx, self.cid
         head = await tx.one("queue_head", conversation_id=cid)
         if head is not None and head.stale:
-            await recover_expired(self.store, tx, cid)
+            await recover_expired(self.store.config, tx, cid)
             head = await tx.one("queue_head", conversation_id=cid)
         last = await tx.one("agents_last_row", conversation_id=cid)
         if last is not None:
@@ -434,7 +434,7 @@ class _Work:
             content_hash=IMPLICIT_HASH,
             status="running",
             epoch=epoch,
-            owner=store._owner,
+            owner=store._core.owner,
             lease_seconds=store.config.lease_seconds,
             pending_content=None,
         )
@@ -474,7 +474,7 @@ class _Work:
                 turn_id=turn.id,
                 conversation_id=self.cid,
                 epoch=epoch,
-                owner=self.store._owner,
+                owner=self.store._core.owner,
                 lease_seconds=self.store.config.lease_seconds,
             )
             turn.epoch, turn.running = epoch, True
@@ -568,7 +568,7 @@ class _Work:
                 final=None,
                 lease_seconds=store.config.lease_seconds,
             )
-            await store._hand_over(tx, end)
+            await store._core.hand_over(tx, end)
 
     async def apply(self, segments: Sequence[Segment]) -> None:
         for index, seg in enumerate(segments):

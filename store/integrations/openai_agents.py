@@ -59,6 +59,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
     ) from exc
 
 from ..claim import OnBusy
+from ..config import StoreConfig
 from ..erase import Erased
 from ..errors import (
     ConversationBusy,
@@ -68,8 +69,9 @@ from ..errors import (
     TurnFinished,
 )
 from ..messages import check_identifier
-from ..store import DEFAULT_URL, Store, StoreConfig
-from ..turn import Turn, TurnOutcome
+from ..outcome import TurnOutcome
+from ..store import DEFAULT_URL, Store
+from ..turn import Turn
 from . import agents_log
 from .agents_items import Item, content_of, normalized, same
 

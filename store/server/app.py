@@ -16,8 +16,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..config import StoreConfig
 from ..messages import Limits as MessageLimits
-from ..store import Store, StoreConfig
+from ..store import Store
 from . import conversations, problems, turns
 from .auth import Authenticator
 from .common import ServiceState

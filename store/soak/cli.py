@@ -37,7 +37,8 @@ import asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..store import Store, StoreConfig
+from ..config import StoreConfig
+from ..store import Store
 from .pgserver import ServerUnavailable, ThrowawayPostgres
 from .records import Record, Tail, conversation_id, read_records
 from .report import Display, Progress, print_summary, write_json

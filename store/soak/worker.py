@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ..config import StoreConfig
 from ..errors import (
     ConversationBusy,
     DuplicateTurnWrite,
@@ -48,7 +49,7 @@ from ..errors import (
     WriteNotApplied,
 )
 from ..messages import INTERRUPTED, AssistantMessage, ToolCall, ToolResult
-from ..store import Store, StoreConfig
+from ..store import Store
 from ..turn import StepBuffer, Turn
 from .records import LogWriter, Record, conversation_id, prompt_for
 
