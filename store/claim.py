@@ -1,4 +1,5 @@
-"""Beginning a turn: idempotency, the fair wait queue, lease takeover and recovery.
+"""Beginning a turn: idempotency, the fair wait queue, takeover, and the hand-over to the
+next turn in line when a turn ends.
 
 Every decision is taken inside one short write transaction that holds the conversation
 (advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite):
@@ -6,7 +7,8 @@ Every decision is taken inside one short write transaction that holds the conver
 1. a repeated idempotency key (or, for keyless submits, the same message while its turn
    runs or within the duplicate window) returns the first turn: no new turn, no message;
 2. running turns whose lease expired are taken over: marked ``expired``, and the step they
-   had checkpointed is committed with "interrupted" results for its unanswered calls;
+   had checkpointed is committed with "interrupted" results for its unanswered calls
+   (``store.recovery``);
 3. if no turn runs and nobody queued earlier, the turn is claimed: the conversation's
    epoch (the fencing token) is bumped and the user message written, all in that
    transaction; otherwise the submit queues (``on_busy="wait"``) or is refused at once.
@@ -19,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import logging
 import uuid
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ from typing import Any, Literal
 import anyio
 
 from . import telemetry
-from .backends.records import ClaimRequest, ClaimRow, StepWrite, TurnEnd
+from .backends.records import ClaimRequest, ClaimRow, TurnEnd
 from .backends.tx import Tx
 from .config import StoreConfig
 from .core import Core
@@ -42,19 +42,13 @@ from .errors import (
     WriteNotApplied,
 )
 from .messages import (
-    INTERRUPTED,
-    AssistantMessage,
     Content,
-    ToolCall,
-    ToolResult,
     check_identifier,
-    encode_step,
     encode_user_message,
 )
 from .outcome import Busy, Claimed, Decision, Duplicate, Queued, TakenOver, TurnOutcome
+from .recovery import recover_expired
 from .turn import Turn
-
-log = logging.getLogger("turnstore")
 
 OnBusy = Literal["wait", "fail"]
 
@@ -505,66 +499,3 @@ async def hand_over(config: StoreConfig, tx: Tx, end: TurnEnd) -> ClaimRow | Non
     if not isinstance(decision, Claimed):
         return None
     return ClaimRow("claimed", decision.turn_id, "running", decision.epoch, decision.next_position)
-
-
-async def recover_expired(config: StoreConfig, tx: Tx, conversation_id: str) -> list[str]:
-    """Take over turns whose lease expired. A running one's checkpointed step is committed,
-    its unanswered calls closed as interrupted. Returns the ids of the turns taken over."""
-    taken = []
-    for row in await tx.all("expire_stale_turns", conversation_id=conversation_id):
-        if row.status != "expired":
-            continue  # a queued waiter that vanished: nothing to recover
-        taken.append(row.id)
-        telemetry.takeovers.add(1)
-        with telemetry.span("takeover", conversation_id, row.id):
-            await _recover(config, tx, conversation_id, row)
-    return taken
-
-
-async def _recover(config: StoreConfig, tx: Tx, conversation_id: str, row: Any) -> None:
-    """Commit what an expired turn had checkpointed, unanswered calls interrupted."""
-    step = row.steps + 1
-    payload = await tx.scalar("staged_step", turn_id=row.id, step=step)
-    if payload is not None:
-        staged = json.loads(payload) if isinstance(payload, str) else payload
-        # A call whose id the conversation already used cannot be committed (checkpoints
-        # refuse such calls; a step staged before they did may hold one): it is left out,
-        # and said, rather than refuse every later turn of the conversation.
-        calls = []
-        for c in staged["calls"]:
-            used = await tx.scalar("call_id_used", conversation_id=conversation_id, call_id=c["id"])
-            if used is not None:
-                log.warning(
-                    "conversation %r: turn %s's checkpointed call %r reuses a call id of the "
-                    "conversation; it is left out of the recovered step",
-                    conversation_id,
-                    row.id,
-                    c["id"],
-                )
-                continue
-            calls.append(ToolCall(c["id"], c["name"], c["arguments"], c["provider_data"]))
-        kept = {c.id for c in calls}
-        staged_results = [r for r in staged["results"] if r["call_id"] in kept]
-        if calls or staged["content"]:
-            message = AssistantMessage(staged["content"], tuple(calls))
-            answered = {r["call_id"] for r in staged_results}
-            results = [
-                ToolResult(r["call_id"], r["content"], r["is_error"]) for r in staged_results
-            ] + [
-                ToolResult(c.id, INTERRUPTED, is_error=True)
-                for c in message.tool_calls
-                if c.id not in answered
-            ]
-            write = StepWrite.of(
-                encode_step(message, results, config.limits),
-                lock_key=0,  # the caller's transaction already holds the conversation
-                conversation_id=conversation_id,
-                turn_id=row.id,
-                epoch=row.epoch,
-                lease_seconds=0,
-                step=step,
-                position=await tx.scalar("next_position", conversation_id=conversation_id),
-            )
-            await tx.run_many("insert_message", write.message_rows())
-            await tx.run("set_turn_steps", turn_id=row.id, step=step)
-    await tx.run("drop_staged_steps", turn_id=row.id)

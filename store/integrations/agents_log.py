@@ -43,7 +43,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..backends.fenced import commit_step_in, refusal
 from ..backends.records import StepWrite, TurnEnd
 from ..backends.tx import EngineTx, Tx
-from ..claim import recover_expired
 from ..errors import InvalidMessage
 from ..history import decode_rows, window_start
 from ..messages import (
@@ -55,6 +54,7 @@ from ..messages import (
     encode_step,
     encode_user_message,
 )
+from ..recovery import recover_expired
 from .agents_items import (
     Item,
     Piece,
