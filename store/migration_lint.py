@@ -179,9 +179,9 @@ def _lint_one(migration: sql.Migration, seen: _Seen, queries: str) -> list[Findi
             if existing and "NOT VALID" not in rest:
                 flag(f"ADD {what} on an existing table without NOT VALID", raw)
             elif what == "CHECK" and name:
-                column = _NOT_NULL_CHECK.match(rest.strip())
-                if column:
-                    seen.not_valid_checks[name] = (table, column[1])
+                checked = _NOT_NULL_CHECK.match(rest.strip())
+                if checked:
+                    seen.not_valid_checks[name] = (table, checked[1])
         for match in _ADD_COLUMN.finditer(actions):
             column = match[1]
             if not existing:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from store import SchemaError, SchemaTooNew, SchemaTooOld, sql
+from store import SchemaError, SchemaTooNew, SchemaTooOld, hooks, sql
 from store.cli import main
 from store.schema_window import SchemaState, check_window
 from store.store import make_backend
@@ -51,7 +51,7 @@ async def test_a_newer_schema_that_only_added_serves_this_code(target: Target) -
     for migrate in (False, True):
         store = await target.open(migrate=migrate)
         try:
-            assert await store.backend.applied_versions() == list(range(1, CODE + 2))
+            assert await hooks.backend(store).applied_versions() == list(range(1, CODE + 2))
             turn = await store.begin_turn("c", "hello", idempotency_key=f"k-{migrate}")
             assert not turn.duplicate
             await turn.finish("hi")
@@ -87,7 +87,7 @@ async def test_an_older_schema_is_refused_without_migrating_and_migrated_with(
         await target.open(migrate=False)
     store = await target.open(migrate=True)
     try:
-        assert await store.backend.applied_versions() == list(range(1, CODE + 1))
+        assert await hooks.backend(store).applied_versions() == list(range(1, CODE + 1))
     finally:
         await store.close()
 
@@ -125,7 +125,7 @@ async def test_migrate_true_on_postgresql_leaves_contract_migrations_to_the_comm
 ) -> None:
     store = await target.open(migrate=True)
     try:
-        applied = await store.backend.applied_versions()
+        applied = await hooks.backend(store).applied_versions()
         if target.kind == "postgres":
             # Store.open never removes anything: the contract migration waits for
             # `python -m store migrate` (Store.migrate), once per deploy

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from store import AssistantMessage, ToolCall, ToolResult, sql
+from store import AssistantMessage, ToolCall, ToolResult, hooks, sql
 from store.checker import check
 from store.store import make_backend
 from store.turn import TERMINAL
@@ -41,12 +41,12 @@ async def test_a_database_of_every_earlier_version_upgrades_with_its_data(
 
     store = await target.open()  # migrates to the current version
     try:
-        assert await store.backend.applied_versions() == list(range(1, CURRENT + 1))
+        assert await hooks.backend(store).applied_versions() == list(range(1, CURRENT + 1))
         # nothing lost, nothing changed: every row as written, no row of a later table
         expected = {t: [normalise(r) for r in rows[t]] for t in tables_at(version)}
         expected |= {t: [] for t in TABLES if t not in expected}
         assert await read_back(target, list(TABLES)) == expected
-        assert (await check(store.backend)).ok
+        assert (await check(hooks.backend(store))).ok
 
         turns = {t["idempotency_key"]: t["id"] for t in rows["turnstore_turns"]}
         history = await store.history("c-weather")
@@ -84,6 +84,6 @@ async def test_a_database_of_every_earlier_version_upgrades_with_its_data(
         assert [m.text for m in (await store.history("c-abandoned"))[-2:]] == ["Go on", "Done."]
         _, repairs = await store.replay("c-abandoned", "openai-chat")
         assert repairs == []
-        assert (await check(store.backend)).ok
+        assert (await check(hooks.backend(store))).ok
     finally:
         await store.close()
