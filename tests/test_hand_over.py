@@ -90,13 +90,14 @@ async def test_duplicates_of_a_turn_here_learn_its_outcome_without_reading(
     duplicate = await store.begin_turn("c", "go", idempotency_key="k")
     assert duplicate.duplicate
     reads: list[str] = []
-    status = Store.turn_status
+    backend = hooks.backend(store)
+    read = backend.read
 
-    async def counting(self: Store, turn_id: str) -> Any:
-        reads.append(turn_id)
-        return await status(self, turn_id)
+    def counting() -> Any:
+        reads.append("read")
+        return read()
 
-    monkeypatch.setattr(Store, "turn_status", counting)
+    monkeypatch.setattr(backend, "read", counting)  # every read of the store's database
     async with anyio.create_task_group() as tg:
         outcomes: list[Any] = []
 
