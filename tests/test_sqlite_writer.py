@@ -62,11 +62,11 @@ async def test_a_step_costs_the_same_at_10_and_at_2000_messages(lite: Store) -> 
     async def cost_of_a_step(turn_index: int) -> int:
         nonlocal instructions
         turn = await lite.begin_turn("c", f"prompt {turn_index}")
-        backend._writer().set_progress_handler(count, 1)  # every VM instruction
+        backend.writer_connection().set_progress_handler(count, 1)  # every VM instruction
         instructions = 0
         await turn.commit_step(*step(f"t{turn_index}", calls=3))
         measured = instructions
-        backend._writer().set_progress_handler(None, 1)
+        backend.writer_connection().set_progress_handler(None, 1)
         await turn.finish()
         return measured
 
@@ -84,7 +84,7 @@ async def test_the_wal_is_checkpointed_by_a_thread_of_its_own(lite: Store) -> No
     EVERY_COMMITS commits, copies the WAL back into the database file meanwhile."""
     backend = hooks.backend(lite)
     assert isinstance(backend, SqliteBackend)
-    checkpointer = backend._checkpointer
+    checkpointer = backend.checkpointer
     assert checkpointer is not None
     for n in range(EVERY_COMMITS // 2 - 1):  # a claim and a step: one commit each
         turn = await lite.begin_turn(f"c{n}", "go")
@@ -96,7 +96,7 @@ async def test_the_wal_is_checkpointed_by_a_thread_of_its_own(lite: Store) -> No
         while checkpointer.checkpoints == 0:  # noqa: ASYNC110 (a thread's counter)
             await anyio.sleep(0.01)
     assert checkpointer.last_error is None
-    wal = backend._writer().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    wal = backend.writer_connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
     assert wal == BACKSTOP_PAGES
     await lite.close()  # stops the thread
     assert checkpointer._thread is None

@@ -195,6 +195,18 @@ class SqliteBackend(Backend):
             self._checkpointer.committed()
         return results
 
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        """The thread that copies the WAL back into the database file (None: the writer
+        checkpoints itself), for tests and tools to watch."""
+        return self._checkpointer
+
+    def writer_connection(self) -> sqlite3.Connection:
+        """The connection the writer thread commits on (made on first use), for tests and
+        tools to inspect or instrument (a progress handler) between writes: it is the
+        writer's, not the caller's."""
+        return self._writer()
+
     def _writer(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = sqlite3.connect(
