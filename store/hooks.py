@@ -9,6 +9,7 @@ benchmarks, not promised to stay as they are.
   ``store.checker.check``), its lock keys, and its write methods, which a test may replace
   on the object (``monkeypatch.setattr``) to lose a reply or a request.
 - ``claim_decisions(store)``: how many claim decisions the store asked of the database.
+- ``owner(store)``, ``pending_wakeups(store)``: its turns' owner name, its wake-ups kept.
 - ``use_python_claims(store)``: PostgreSQL's claims by the Python rules, as SQLite's.
 - ``core(store)``: what the store hands to ``claim`` and ``turn``.
 - ``group_commit(store)``: the backend's batches of writes (``GroupCommit``): its counts,
