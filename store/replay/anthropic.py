@@ -16,7 +16,6 @@ from .model import (
     AnthropicThinking,
     ImagePart,
     JsonPart,
-    Message,
     ReplayAssistantMessage,
     ReplayToolResult,
     ResultPart,
@@ -25,11 +24,6 @@ from .model import (
     UserMessage,
 )
 from .render import json_copy, json_text
-
-
-def to_anthropic(messages: Sequence[Message]) -> dict[str, Any]:
-    """``{"system"?: ..., "messages": [...]}`` for sanitized ``messages``."""
-    return Anthropic.of(messages)
 
 
 class Anthropic(Format):

@@ -8,7 +8,6 @@ or function-response turn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from .format import Format, PlainCall
@@ -16,7 +15,6 @@ from .model import (
     GeminiThought,
     ImagePart,
     JsonPart,
-    Message,
     ReplayAssistantMessage,
     ReplayToolResult,
     SystemMessage,
@@ -24,11 +22,6 @@ from .model import (
     UserMessage,
 )
 from .render import json_copy, result_text, texts
-
-
-def to_gemini(messages: Sequence[Message]) -> dict[str, Any]:
-    """``{"contents": [...]}`` (plus ``systemInstruction``) for sanitized ``messages``."""
-    return Gemini.of(messages)
 
 
 class Gemini(Format):

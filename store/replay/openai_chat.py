@@ -8,14 +8,12 @@ called tools (thinking mode requires it there; older reasoners refuse it elsewhe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from .format import Format, PlainCall
 from .model import (
     DeepSeekReasoning,
     ImagePart,
-    Message,
     ReplayAssistantMessage,
     ReplayToolResult,
     SystemMessage,
@@ -23,11 +21,6 @@ from .model import (
     UserMessage,
 )
 from .render import arguments_json, image_url, joined, marked_error, result_text, texts
-
-
-def to_openai_chat(messages: Sequence[Message]) -> dict[str, Any]:
-    """``{"messages": [...]}`` for sanitized ``messages``."""
-    return OpenAIChat.of(messages)
 
 
 class OpenAIChat(Format):

@@ -8,13 +8,11 @@ together with its reasoning, since an id without it is refused.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from .format import Format, PlainCall
 from .model import (
     ImagePart,
-    Message,
     OpenAIReasoning,
     ReplayAssistantMessage,
     ReplayToolResult,
@@ -23,11 +21,6 @@ from .model import (
     UserMessage,
 )
 from .render import arguments_json, image_url, joined, marked_error, result_text, texts
-
-
-def to_openai_responses(messages: Sequence[Message]) -> dict[str, Any]:
-    """``{"input": [...]}`` for sanitized ``messages``."""
-    return OpenAIResponses.of(messages)
 
 
 class OpenAIResponses(Format):

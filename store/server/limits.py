@@ -141,22 +141,3 @@ def check_message(value: Any, what: str, limit: int) -> None:
 def check_messages(items: Iterable[tuple[Any, str]], limit: int) -> None:
     for value, what in items:
         check_message(value, what, limit)
-
-
-def has_lone_surrogate(value: Any) -> bool:
-    """Whether a JSON value holds a string that is not valid Unicode (a lone surrogate,
-    which JSON's ``\\ud800`` escapes can carry): no database stores it."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
