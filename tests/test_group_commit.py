@@ -12,7 +12,7 @@ import pytest
 from store import InvalidMessage, Store, hooks
 from store.group_commit import GroupCommit
 
-from .helpers import assert_clean, step
+from .helpers import assert_clean, step, wait_until
 
 
 class Broken(ConnectionError):
@@ -20,20 +20,26 @@ class Broken(ConnectionError):
 
 
 class Recorder:
-    """An ``apply`` that records its batches; writes named "bad" make a batch fail."""
+    """An ``apply`` that records its batches; writes named "bad" make a batch fail. A batch
+    holding a write of ``held`` waits for ``release``: the tests order what they check by
+    events, never by how long something takes."""
 
-    def __init__(self, seconds: float = 0.01) -> None:
+    def __init__(self, seconds: float = 0.01, held: Sequence[str] = ()) -> None:
         self.batches: list[list[str]] = []
         self.running = 0
         self.most_running = 0
         self.seconds = seconds
         self.broken = False
+        self.held = set(held)
+        self.release = anyio.Event()
 
     async def __call__(self, ops: Sequence[str]) -> list[str]:
         self.batches.append(list(ops))
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
+            if self.held.intersection(ops):
+                await self.release.wait()
             await anyio.sleep(self.seconds)
         finally:
             self.running -= 1
@@ -133,7 +139,7 @@ async def test_a_lone_write_is_applied_at_once() -> None:
 
 
 async def test_a_refused_write_fails_alone_and_the_others_land() -> None:
-    apply = Recorder()
+    apply = Recorder(held=["first"])
     commit = _commit(apply, max_concurrent=1)
     results: dict[str, object] = {}
 
@@ -145,9 +151,11 @@ async def test_a_refused_write_fails_alone_and_the_others_land() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(send, "first")  # runs alone; the rest queue behind it
-        await anyio.sleep(0.001)
+        await wait_until(lambda: commit.running() == 1)
         for op in ("a", "bad", "b"):
             tg.start_soon(send, op)
+        await wait_until(lambda: commit.queued() == 3)
+        apply.release.set()
     assert results["a"] == "done:a" and results["b"] == "done:b"
     assert results["first"] == "done:first"
     assert isinstance(results["bad"], ValueError)
@@ -156,7 +164,7 @@ async def test_a_refused_write_fails_alone_and_the_others_land() -> None:
 
 
 async def test_a_broken_connection_fails_the_whole_batch_without_retrying_it() -> None:
-    apply = Recorder()
+    apply = Recorder(held=["first"])
     commit = _commit(apply, max_concurrent=1)
     errors: list[BaseException] = []
 
@@ -168,16 +176,18 @@ async def test_a_broken_connection_fails_the_whole_batch_without_retrying_it() -
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(send, "first")
-        await anyio.sleep(0.001)
+        await wait_until(lambda: commit.running() == 1)
         apply.broken = True
         for op in ("a", "b", "c"):
             tg.start_soon(send, op)
+        await wait_until(lambda: commit.queued() == 3)
+        apply.release.set()
     assert len(errors) == 4  # each caller's own retry decides what to do
     assert apply.batches == [["first"], ["a", "b", "c"]]
 
 
 async def test_a_cancelled_caller_does_not_cut_its_batch_short() -> None:
-    apply = Recorder(seconds=0.05)
+    apply = Recorder(held=["other"])
     commit = _commit(apply, max_concurrent=1)
     answers: list[str] = []
 
@@ -186,8 +196,15 @@ async def test_a_cancelled_caller_does_not_cut_its_batch_short() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(send, "other")
-        await anyio.sleep(0.001)
-        with anyio.move_on_after(0.01) as scope:  # expires while "mine" waits its turn
+        await wait_until(lambda: commit.running() == 1)
+        with anyio.CancelScope() as scope:
+
+            async def cancel_while_mine_waits() -> None:
+                await wait_until(lambda: commit.queued() == 1)
+                scope.cancel()  # "mine" waits its turn behind "other"
+                apply.release.set()
+
+            tg.start_soon(cancel_while_mine_waits)
             answers.append(await commit.submit("mine"))
     assert scope.cancel_called
     assert sorted(op for batch in apply.batches for op in batch) == ["mine", "other"]
@@ -204,7 +221,7 @@ async def test_a_lingering_write_rides_in_the_next_batch_another_write_starts() 
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(send, "rider", 30.0)
-        await anyio.sleep(0.05)
+        await wait_until(lambda: commit.lingering() == 1)
         assert apply.batches == []  # it started no batch of its own
         tg.start_soon(send, "leader")
     assert answers == {"rider": "done:rider", "leader": "done:leader"}
@@ -223,7 +240,7 @@ async def test_a_lingering_write_alone_is_applied_once_its_linger_has_passed() -
 async def test_a_lingering_write_is_not_handed_a_free_slot_it_would_use_alone() -> None:
     """A lingering write queues behind a running batch. When that batch ends it keeps
     lingering (no write to share a batch with yet) and rides with the next write sent."""
-    apply = Recorder(seconds=0.05)
+    apply = Recorder(seconds=0, held=["first"])
     commit = _commit(apply, max_concurrent=1)
     answers: dict[str, str] = {}
 
@@ -232,9 +249,13 @@ async def test_a_lingering_write_is_not_handed_a_free_slot_it_would_use_alone() 
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(send, "first")
-        await anyio.sleep(0.01)
+        await wait_until(lambda: commit.running() == 1)
         tg.start_soon(send, "rider", 30.0)
-        await anyio.sleep(0.1)  # "first" has ended
+        await wait_until(lambda: commit.lingering() == 1)
+        apply.release.set()
+        await wait_until(lambda: "first" in answers)  # "first" has ended, its slot is free
+        await wait_until(lambda: commit.running() == 0)
+        assert commit.lingering() == 1 and apply.batches == [["first"]]
         tg.start_soon(send, "late")
     assert apply.batches == [["first"], ["rider", "late"]]
     assert len(answers) == 3
