@@ -262,7 +262,7 @@ def _key_reused(submit: Submit) -> InvalidMessage:
 
 
 async def _own_landed_attempt(tx: Tx, turn_id: str, conversation_id: str) -> Decision | None:
-    state = await tx.one("turn_state", turn_id=turn_id)
+    state = await tx.one("turn_state", turn_id=turn_id, conversation_id=conversation_id)
     if state is not None and state.status in RAN:
         return TakenOver(turn_id, state.status)
     if state is None or state.status not in ("running", "queued"):
@@ -285,7 +285,7 @@ async def _decide_in(
     lease = config.lease_seconds
     requeue = False
     if not first:  # a poll: was this waiting turn handed the conversation meanwhile?
-        state = await tx.one("turn_state", turn_id=turn_id)
+        state = await tx.one("turn_state", turn_id=turn_id, conversation_id=cid)
         if state is not None and state.status == "running":
             return await _started(tx, turn_id, cid, state.epoch)
         if state is not None and state.status in RAN:  # and lost it while its submitter
@@ -450,7 +450,7 @@ async def _give_up(
     async def leave(tx: Tx) -> Claimed | TakenOver | None:
         if await tx.run("refuse_queued_turn", turn_id=turn_id, conversation_id=cid, error=why):
             return None
-        state = await tx.one("turn_state", turn_id=turn_id)
+        state = await tx.one("turn_state", turn_id=turn_id, conversation_id=cid)
         if state is not None and state.status == "running":
             return await _started(tx, turn_id, cid, state.epoch)
         if state is not None and state.status in RAN:

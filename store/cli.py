@@ -20,8 +20,9 @@ from .store import DEFAULT_URL, make_backend
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    """Apply every missing migration (expand and contract), each in its own transaction
-    with a lock timeout; then say which code versions the schema serves."""
+    """Apply every missing migration (expand and contract; with ``--to V`` those up to
+    version V), each in its own transaction with a lock timeout; then say which code
+    versions the schema serves."""
     if args.status:
         require_existing_sqlite(args.db)  # --status reads: it creates no database file
 
@@ -31,7 +32,7 @@ def _migrate(args: argparse.Namespace) -> int:
             applied = []
             if not args.status:
                 applied = await backend.migrate(
-                    lock_timeout=args.lock_timeout, attempts=args.attempts
+                    upto=args.to, lock_timeout=args.lock_timeout, attempts=args.attempts
                 )
             return applied, await backend.schema_state(), backend.dialect
         finally:
@@ -160,6 +161,14 @@ def build_parser(prog: str = "python -m store") -> argparse.ArgumentParser:
         type=int,
         default=MIGRATION_ATTEMPTS,
         help=f"tries of a migration that timed out on a lock (default {MIGRATION_ATTEMPTS})",
+    )
+    p.add_argument(
+        "--to",
+        type=int,
+        default=None,
+        metavar="VERSION",
+        help="apply the missing migrations up to VERSION only (a deploy during which "
+        "processes of the release before still run: docs/operations.md)",
     )
     p.add_argument(
         "--status", action="store_true", help="apply nothing: print the schema's version"

@@ -35,7 +35,9 @@ async def recover_expired(config: StoreConfig, tx: Tx, conversation_id: str) -> 
 async def _recover(config: StoreConfig, tx: Tx, conversation_id: str, row: Any) -> None:
     """Commit what an expired turn had checkpointed, unanswered calls interrupted."""
     step = row.steps + 1
-    payload = await tx.scalar("staged_step", turn_id=row.id, step=step)
+    payload = await tx.scalar(
+        "staged_step", turn_id=row.id, conversation_id=conversation_id, step=step
+    )
     if payload is not None:
         staged = json.loads(payload) if isinstance(payload, str) else payload
         # A call whose id the conversation already used cannot be committed (checkpoints
@@ -77,5 +79,7 @@ async def _recover(config: StoreConfig, tx: Tx, conversation_id: str, row: Any) 
                 position=await tx.scalar("next_position", conversation_id=conversation_id),
             )
             await tx.run_many("insert_message", write.message_rows())
-            await tx.run("set_turn_steps", turn_id=row.id, step=step)
-    await tx.run("drop_staged_steps", turn_id=row.id)
+            await tx.run(
+                "set_turn_steps", turn_id=row.id, conversation_id=conversation_id, step=step
+            )
+    await tx.run("drop_staged_steps", turn_id=row.id, conversation_id=conversation_id)

@@ -131,7 +131,9 @@ async def read_staged_step(store: Store, turn: Turn, step: int) -> Any:
 
     async def read() -> Any:
         async with store._backend.read() as tx:
-            return await tx.scalar("staged_step", turn_id=turn.id, step=step)
+            return await tx.scalar(
+                "staged_step", turn_id=turn.id, conversation_id=turn.conversation_id, step=step
+            )
 
     payload = await store._backend.retrying(read, write=False)
     if payload is None:
@@ -172,7 +174,7 @@ async def stage_step(
             epoch=turn.epoch,
             lease_seconds=store.config.lease_seconds,
         ):
-            return await refusal(tx, turn.id)
+            return await refusal(tx, turn.id, turn.conversation_id)
         for call_id in call_ids:
             if (
                 await tx.scalar(
@@ -181,7 +183,13 @@ async def stage_step(
                 is not None
             ):
                 return f"reused:{call_id}"
-        await tx.run("stage_step", turn_id=turn.id, step=turn.steps + 1, payload=payload)
+        await tx.run(
+            "stage_step",
+            turn_id=turn.id,
+            conversation_id=turn.conversation_id,
+            step=turn.steps + 1,
+            payload=payload,
+        )
         return None
 
     def attempt() -> Awaitable[str | None]:

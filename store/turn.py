@@ -226,11 +226,12 @@ class Turn:
                     await tx.run(
                         "stage_step",
                         turn_id=self.id,
+                        conversation_id=self.conversation_id,
                         step=self.steps + 1,
                         payload=staged_payload,
                     )
                 return None
-            return await refusal(tx, self.id)
+            return await refusal(tx, self.id, self.conversation_id)
 
         def attempt() -> Awaitable[str | None]:
             return core.backend.transaction(self.conversation_id, renew)

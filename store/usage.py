@@ -168,11 +168,15 @@ async def record_usage(
         epoch = turn.epoch if epoch is None else epoch
 
     async def work(tx: Tx) -> UsageRecord | str:
-        state = await tx.one("resume_turn", turn_id=turn_id)
+        state = await tx.one(
+            "turn_in_conversation", turn_id=turn_id, conversation_id=conversation_id
+        )
         if state is None or state.conversation_id != conversation_id:
             return "missing"
         if usage_id is not None:
-            earlier = await tx.one("usage_by_id", turn_id=turn_id, usage_id=usage_id)
+            earlier = await tx.one(
+                "usage_by_id", turn_id=turn_id, conversation_id=conversation_id, usage_id=usage_id
+            )
             if earlier is not None:
                 record = _record(turn_id, earlier, duplicate=True)
                 same = (

@@ -1,10 +1,19 @@
 -- Every query turnstore runs on PostgreSQL, by name. Parameters are :named.
 -- Write queries run inside a transaction that holds the conversation's advisory lock
 -- (lock_conversation), so they see and change one conversation at a time.
--- A lookup of a turn by id also names its conversation: see 0002_stable_plans.sql.
+-- A lookup of a turn by id also names its conversation: see 0002_stable_plans.sql. On a
+-- database sharded by conversation (Citus: docs/scaling.md) a statement that names its
+-- conversation runs on the one node that holds it; the few reads by turn id alone
+-- (turn_info, resume_turn, usage_of_turn: a caller that knows only the turn id) ask every
+-- shard.
 
 -- name: lock_conversation
 SELECT pg_advisory_xact_lock(:lock_key);
+
+-- name: lock_conversation_sharded
+-- The same lock taken on the node that holds the conversation (turnstore_lock is
+-- distributed on its conversation, with force_delegation: see store/citus.py).
+SELECT turnstore_lock(:conversation_id, :lock_key);
 
 -- name: turn_by_key
 SELECT id, status, epoch, content_hash FROM turnstore_turns
@@ -20,7 +29,7 @@ SELECT id, status, epoch, content_hash FROM turnstore_turns
 
 -- name: expire_stale_turns
 UPDATE turnstore_turns
-   SET status = CASE status WHEN 'running' THEN 'expired' ELSE 'refused' END,
+   SET status = CASE WHEN status = 'running' THEN 'expired' ELSE 'refused' END,
        pending_content = NULL,
        ended_at = now(),
        error = coalesce(error, 'lease expired: its owner stopped renewing it')
@@ -124,7 +133,8 @@ UPDATE turnstore_turns SET status = :status, error = :error, ended_at = now()
    AND status = 'running';
 
 -- name: turn_state
-SELECT status, steps, epoch FROM turnstore_turns WHERE id = :turn_id;
+SELECT status, steps, epoch FROM turnstore_turns
+ WHERE id = :turn_id AND conversation_id = :conversation_id;
 
 -- name: step_rows
 -- The rows at the positions a step was written to (its assistant message, then one tool
@@ -148,15 +158,20 @@ SELECT id, conversation_id, idempotency_key, status, steps, error,
   FROM turnstore_turns WHERE id = :turn_id;
 
 -- name: stage_step
-INSERT INTO turnstore_staged_steps (turn_id, step, payload)
-VALUES (:turn_id, :step, CAST(CAST(:payload AS text) AS jsonb))
-ON CONFLICT (turn_id, step) DO UPDATE SET payload = excluded.payload, updated_at = now();
+-- updated_at: the new row's default (Citus runs no function but an IMMUTABLE one in DO
+-- UPDATE SET).
+INSERT INTO turnstore_staged_steps (conversation_id, turn_id, step, payload)
+VALUES (:conversation_id, :turn_id, :step, CAST(CAST(:payload AS text) AS jsonb))
+ON CONFLICT (conversation_id, turn_id, step)
+DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at;
 
 -- name: staged_step
-SELECT payload FROM turnstore_staged_steps WHERE turn_id = :turn_id AND step = :step;
+SELECT payload FROM turnstore_staged_steps
+ WHERE conversation_id = :conversation_id AND turn_id = :turn_id AND step = :step;
 
 -- name: drop_staged_steps
-DELETE FROM turnstore_staged_steps WHERE turn_id = :turn_id;
+DELETE FROM turnstore_staged_steps
+ WHERE conversation_id = :conversation_id AND turn_id = :turn_id;
 
 -- name: window_start
 -- Where a window of the last :last messages starts: the user message that opens the turn
@@ -195,7 +210,8 @@ SELECT position, role, tool_call_count, content::text, tool_call_id, tool_name,
  ORDER BY position;
 
 -- name: set_turn_steps
-UPDATE turnstore_turns SET steps = :step WHERE id = :turn_id;
+UPDATE turnstore_turns SET steps = :step
+ WHERE id = :turn_id AND conversation_id = :conversation_id;
 
 -- The invariant checker reads the tables directly, independently of the write path.
 
@@ -257,7 +273,8 @@ UPDATE turnstore_turns
 -- its output), if any.
 SELECT t.id, t.steps, s.payload::text AS payload
   FROM turnstore_turns t
-  JOIN turnstore_staged_steps s ON s.turn_id = t.id AND s.step = t.steps + 1
+  JOIN turnstore_staged_steps s
+    ON s.conversation_id = t.conversation_id AND s.turn_id = t.id AND s.step = t.steps + 1
  WHERE t.conversation_id = :conversation_id AND t.status = 'running';
 
 -- name: agents_visible_from
@@ -302,12 +319,7 @@ INSERT INTO turnstore_erasures (conversation_id) VALUES (:conversation_id);
 DELETE FROM turnstore_messages WHERE conversation_id = :conversation_id;
 
 -- name: erase_staged_steps
-DELETE FROM turnstore_staged_steps
- WHERE turn_id IN (SELECT id FROM turnstore_turns
-                    WHERE conversation_id = :conversation_id AND idempotency_key IS NOT NULL
-                   UNION ALL
-                   SELECT id FROM turnstore_turns
-                    WHERE conversation_id = :conversation_id AND idempotency_key IS NULL);
+DELETE FROM turnstore_staged_steps WHERE conversation_id = :conversation_id;
 
 -- name: erase_marks
 DELETE FROM turnstore_session_marks WHERE conversation_id = :conversation_id;
@@ -317,7 +329,8 @@ DELETE FROM turnstore_session_writes WHERE conversation_id = :conversation_id;
 
 -- name: erase_turns
 DELETE FROM turnstore_turns
- WHERE id IN (SELECT id FROM turnstore_turns
+ WHERE conversation_id = :conversation_id
+   AND id IN (SELECT id FROM turnstore_turns
                WHERE conversation_id = :conversation_id AND idempotency_key IS NOT NULL
               UNION ALL
               SELECT id FROM turnstore_turns
@@ -339,6 +352,11 @@ SELECT t.conversation_id, t.status, t.steps, t.epoch,
                   WHERE conversation_id = t.conversation_id
                   ORDER BY position DESC LIMIT 1), -1) + 1 AS next_position
   FROM turnstore_turns t WHERE t.id = :turn_id;
+
+-- name: turn_in_conversation
+-- resume_turn's columns for a turn of a known conversation (under its lock).
+SELECT t.conversation_id, t.status, t.steps, t.epoch
+  FROM turnstore_turns t WHERE t.id = :turn_id AND t.conversation_id = :conversation_id;
 
 -- name: conversation_exists
 SELECT epoch FROM turnstore_conversations WHERE id = :conversation_id;
@@ -364,7 +382,8 @@ INSERT INTO turnstore_usage
     (turn_id, seq, conversation_id, step, usage_id, model, prompt_tokens,
      completion_tokens, cache_read_tokens, cache_creation_tokens, cost_nano_usd)
 SELECT CAST(:turn_id AS text),
-       coalesce((SELECT u.seq FROM turnstore_usage u WHERE u.turn_id = :turn_id
+       coalesce((SELECT u.seq FROM turnstore_usage u
+                  WHERE u.conversation_id = :conversation_id AND u.turn_id = :turn_id
                   ORDER BY u.seq DESC LIMIT 1), 0) + 1,
        CAST(:conversation_id AS text), CAST(:step AS integer), CAST(:usage_id AS text),
        CAST(:model AS text), CAST(:prompt_tokens AS bigint),
@@ -375,12 +394,18 @@ RETURNING seq, created_at;
 -- name: usage_by_id
 SELECT seq, step, usage_id, model, prompt_tokens, completion_tokens, cache_read_tokens,
        cache_creation_tokens, cost_nano_usd, created_at
-  FROM turnstore_usage WHERE turn_id = :turn_id AND usage_id = :usage_id;
+  FROM turnstore_usage
+ WHERE conversation_id = :conversation_id AND turn_id = :turn_id AND usage_id = :usage_id;
 
 -- name: usage_of_turn
+-- By turn id alone: the turn's conversation first (the key of usage starts with it).
 SELECT seq, step, usage_id, model, prompt_tokens, completion_tokens, cache_read_tokens,
        cache_creation_tokens, cost_nano_usd, created_at
-  FROM turnstore_usage WHERE turn_id = :turn_id ORDER BY seq;
+  FROM turnstore_usage
+ WHERE conversation_id = (SELECT t.conversation_id FROM turnstore_turns t
+                           WHERE t.id = :turn_id LIMIT 1)
+   AND turn_id = :turn_id
+ ORDER BY seq;
 
 -- name: usage_by_turn
 -- Sums per turn, for the turns whose user message is at :from_position or later (a

@@ -99,9 +99,9 @@ BEGIN
     ELSIF v_steps > 0 THEN
         WITH fenced AS (
             UPDATE turnstore_turns t
-               SET steps = s.step,
-                   lease_expires_at = now() + make_interval(secs => s.lease_seconds)
-              FROM unnest(p_writes) WITH ORDINALITY AS s
+               SET steps = s.step, lease_expires_at = s.lease_expires_at
+              FROM (SELECT u.*, now() + make_interval(secs => u.lease_seconds) AS lease_expires_at
+                      FROM unnest(p_writes) WITH ORDINALITY AS u) AS s
              WHERE s.kind <> 'claim' AND s.content IS NOT NULL
                AND t.id = ANY (v_turns_written)
                AND t.conversation_id = ANY (v_conversations_written)
@@ -172,7 +172,8 @@ BEGIN
         outcome := NULL;
         IF w.kind = 'end' THEN
             IF i = ANY (v_ended) THEN
-                DELETE FROM turnstore_staged_steps s WHERE s.turn_id = w.turn_id;
+                DELETE FROM turnstore_staged_steps s
+                 WHERE s.conversation_id = w.conversation_id AND s.turn_id = w.turn_id;
                 -- Hand over to the oldest waiting turn whose submitter is still there.
                 SELECT t.id, t.pending_content::text AS content, t.lease_owner INTO v_next
                   FROM turnstore_turns t
@@ -239,6 +240,18 @@ BEGIN
         PERFORM turnstore_write_user_messages(v_conversations, v_positions, v_turns,
                                               v_contents);
     END IF;
+END $$;
+
+CREATE FUNCTION turnstore_apply_conversation(p_conversation_id text, p_writes turnstore_write[]) RETURNS TABLE(ord bigint, outcome text, turn_id text, status text, epoch bigint, next_position bigint)
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(p_writes) AS u
+                WHERE u.conversation_id IS DISTINCT FROM p_conversation_id) THEN
+        RAISE EXCEPTION 'turnstore_apply_conversation: every write must be on conversation %',
+            p_conversation_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY SELECT * FROM turnstore_apply(p_writes);
 END $$;
 
 CREATE FUNCTION turnstore_claim(p_lock_key bigint, p_conversation_id text, p_turn_id text, p_idempotency_key text, p_content_hash text, p_content text, p_owner text, p_lease_seconds double precision, p_window_seconds double precision, p_fail_when_busy boolean, p_first boolean, p_retry boolean, p_write_message boolean DEFAULT true) RETURNS turnstore_claim_answer
@@ -328,21 +341,24 @@ BEGIN
     v_has_head := FOUND;
     IF v_has_head AND v_row.stale THEN
         IF EXISTS (SELECT 1 FROM turnstore_turns t
-                     JOIN turnstore_staged_steps s ON s.turn_id = t.id AND s.step = t.steps + 1
+                     JOIN turnstore_staged_steps s
+                       ON s.conversation_id = t.conversation_id AND s.turn_id = t.id
+                      AND s.step = t.steps + 1
                     WHERE t.conversation_id = p_conversation_id AND t.status = 'running'
                       AND t.lease_expires_at < now()) THEN
             RETURN ('recover', v_turn, NULL, 0, NULL, false)::turnstore_claim_answer;
         END IF;
         WITH expired AS (
             UPDATE turnstore_turns t
-               SET status = CASE t.status WHEN 'running' THEN 'expired' ELSE 'refused' END,
+               SET status = CASE WHEN t.status = 'running' THEN 'expired' ELSE 'refused' END,
                    ended_at = now(), pending_content = NULL,
                    error = coalesce(t.error, 'lease expired: its owner stopped renewing it')
              WHERE t.conversation_id = p_conversation_id AND t.status IN ('queued', 'running')
                AND t.lease_expires_at < now()
             RETURNING t.id
         )
-        DELETE FROM turnstore_staged_steps s USING expired e WHERE s.turn_id = e.id;
+        DELETE FROM turnstore_staged_steps s USING expired e
+         WHERE s.conversation_id = p_conversation_id AND s.turn_id = e.id;
         SELECT t.id, t.status INTO v_row FROM turnstore_turns t
          WHERE t.conversation_id = p_conversation_id AND t.status IN ('queued', 'running')
          ORDER BY t.status = 'running' DESC, t.created_at, t.id LIMIT 1;
@@ -407,6 +423,13 @@ BEGIN
     END IF;
     RETURN ('claimed', v_turn, 'running', v_epoch, v_pos + 1, 
                 NOT p_write_message)::turnstore_claim_answer;
+END $$;
+
+CREATE FUNCTION turnstore_lock(p_conversation_id text, p_lock_key bigint) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_lock_key);
 END $$;
 
 CREATE FUNCTION turnstore_refuse_change() RETURNS trigger
@@ -541,6 +564,7 @@ CREATE TABLE turnstore_staged_steps (
     step integer NOT NULL,
     payload jsonb NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    conversation_id text NOT NULL,
     CONSTRAINT turnstore_staged_steps_step_check CHECK ((step >= 1))
 );
 ALTER TABLE ONLY turnstore_staged_steps ALTER COLUMN payload SET COMPRESSION lz4;
@@ -613,19 +637,18 @@ ALTER TABLE ONLY turnstore_session_writes
     ADD CONSTRAINT turnstore_session_writes_pkey PRIMARY KEY (conversation_id, write_id);
 
 ALTER TABLE ONLY turnstore_staged_steps
-    ADD CONSTRAINT turnstore_staged_steps_pkey PRIMARY KEY (turn_id, step);
+    ADD CONSTRAINT turnstore_staged_steps_pkey PRIMARY KEY (conversation_id, turn_id, step);
 
 ALTER TABLE ONLY turnstore_turns
     ADD CONSTRAINT turnstore_turns_id_conversation_id_key UNIQUE (id, conversation_id);
 
-ALTER TABLE ONLY turnstore_turns
-    ADD CONSTRAINT turnstore_turns_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY turnstore_turns REPLICA IDENTITY USING INDEX turnstore_turns_id_conversation_id_key;
 
 ALTER TABLE ONLY turnstore_usage
-    ADD CONSTRAINT turnstore_usage_pkey PRIMARY KEY (turn_id, seq);
+    ADD CONSTRAINT turnstore_usage_pkey PRIMARY KEY (conversation_id, turn_id, seq);
 
 ALTER TABLE ONLY turnstore_usage
-    ADD CONSTRAINT turnstore_usage_turn_id_usage_id_key UNIQUE (turn_id, usage_id);
+    ADD CONSTRAINT turnstore_usage_usage_id_key UNIQUE (conversation_id, turn_id, usage_id);
 
 CREATE UNIQUE INDEX turnstore_messages_call_ids ON turnstore_messages USING btree (conversation_id, tool_call_id) WHERE (tool_call_id IS NOT NULL);
 
@@ -675,7 +698,7 @@ ALTER TABLE ONLY turnstore_session_marks
     ADD CONSTRAINT turnstore_session_marks_conversation_id_fkey FOREIGN KEY (conversation_id) REFERENCES turnstore_conversations(id);
 
 ALTER TABLE ONLY turnstore_staged_steps
-    ADD CONSTRAINT turnstore_staged_steps_turn_id_fkey FOREIGN KEY (turn_id) REFERENCES turnstore_turns(id);
+    ADD CONSTRAINT turnstore_staged_steps_turn_fkey FOREIGN KEY (turn_id, conversation_id) REFERENCES turnstore_turns(id, conversation_id);
 
 ALTER TABLE ONLY turnstore_turns
     ADD CONSTRAINT turnstore_turns_conversation_id_fkey FOREIGN KEY (conversation_id) REFERENCES turnstore_conversations(id);

@@ -134,7 +134,8 @@ UPDATE turnstore_turns SET status = :status, error = :error, ended_at = ((julian
    AND status = 'running';
 
 -- name: turn_state
-SELECT status, steps, epoch FROM turnstore_turns WHERE id = :turn_id;
+SELECT status, steps, epoch FROM turnstore_turns
+ WHERE id = :turn_id AND conversation_id = :conversation_id;
 
 -- name: step_rows
 -- The rows at the positions a step was written to (its assistant message, then one tool
@@ -157,15 +158,20 @@ SELECT id, conversation_id, idempotency_key, status, steps, error,
   FROM turnstore_turns WHERE id = :turn_id;
 
 -- name: stage_step
-INSERT INTO turnstore_staged_steps (turn_id, step, payload)
-VALUES (:turn_id, :step, :payload)
-ON CONFLICT (turn_id, step) DO UPDATE SET payload = excluded.payload, updated_at = ((julianday('now') - 2440587.5) * 86400.0);
+-- updated_at: the new row's default (Citus runs no function but an IMMUTABLE one in DO
+-- UPDATE SET).
+INSERT INTO turnstore_staged_steps (conversation_id, turn_id, step, payload)
+VALUES (:conversation_id, :turn_id, :step, :payload)
+ON CONFLICT (conversation_id, turn_id, step)
+DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at;
 
 -- name: staged_step
-SELECT payload FROM turnstore_staged_steps WHERE turn_id = :turn_id AND step = :step;
+SELECT payload FROM turnstore_staged_steps
+ WHERE conversation_id = :conversation_id AND turn_id = :turn_id AND step = :step;
 
 -- name: drop_staged_steps
-DELETE FROM turnstore_staged_steps WHERE turn_id = :turn_id;
+DELETE FROM turnstore_staged_steps
+ WHERE conversation_id = :conversation_id AND turn_id = :turn_id;
 
 -- name: window_start
 -- Where a window of the last :last messages starts: the user message that opens the turn
@@ -203,7 +209,8 @@ SELECT position, role, tool_call_count, content, tool_call_id, tool_name,
  ORDER BY position;
 
 -- name: set_turn_steps
-UPDATE turnstore_turns SET steps = :step WHERE id = :turn_id;
+UPDATE turnstore_turns SET steps = :step
+ WHERE id = :turn_id AND conversation_id = :conversation_id;
 
 -- The invariant checker reads the tables directly, independently of the write path.
 
@@ -248,7 +255,8 @@ UPDATE turnstore_turns
 -- its output), if any.
 SELECT t.id, t.steps, s.payload
   FROM turnstore_turns t
-  JOIN turnstore_staged_steps s ON s.turn_id = t.id AND s.step = t.steps + 1
+  JOIN turnstore_staged_steps s
+    ON s.conversation_id = t.conversation_id AND s.turn_id = t.id AND s.step = t.steps + 1
  WHERE t.conversation_id = :conversation_id AND t.status = 'running';
 
 -- name: agents_visible_from
@@ -291,8 +299,7 @@ INSERT INTO turnstore_erasures (conversation_id) VALUES (:conversation_id);
 DELETE FROM turnstore_messages WHERE conversation_id = :conversation_id;
 
 -- name: erase_staged_steps
-DELETE FROM turnstore_staged_steps
- WHERE turn_id IN (SELECT id FROM turnstore_turns WHERE conversation_id = :conversation_id);
+DELETE FROM turnstore_staged_steps WHERE conversation_id = :conversation_id;
 
 -- name: erase_marks
 DELETE FROM turnstore_session_marks WHERE conversation_id = :conversation_id;
@@ -320,6 +327,11 @@ SELECT t.conversation_id, t.status, t.steps, t.epoch,
                   ORDER BY position DESC LIMIT 1), -1) + 1 AS next_position
   FROM turnstore_turns t WHERE t.id = :turn_id;
 
+-- name: turn_in_conversation
+-- resume_turn's columns for a turn of a known conversation (under its lock).
+SELECT t.conversation_id, t.status, t.steps, t.epoch
+  FROM turnstore_turns t WHERE t.id = :turn_id AND t.conversation_id = :conversation_id;
+
 -- name: conversation_exists
 SELECT epoch FROM turnstore_conversations WHERE id = :conversation_id;
 
@@ -344,7 +356,8 @@ INSERT INTO turnstore_usage
     (turn_id, seq, conversation_id, step, usage_id, model, prompt_tokens,
      completion_tokens, cache_read_tokens, cache_creation_tokens, cost_nano_usd)
 SELECT :turn_id,
-       coalesce((SELECT u.seq FROM turnstore_usage u WHERE u.turn_id = :turn_id
+       coalesce((SELECT u.seq FROM turnstore_usage u
+                  WHERE u.conversation_id = :conversation_id AND u.turn_id = :turn_id
                   ORDER BY u.seq DESC LIMIT 1), 0) + 1,
        :conversation_id, :step, :usage_id,
        :model, :prompt_tokens,
@@ -355,12 +368,18 @@ RETURNING seq, created_at;
 -- name: usage_by_id
 SELECT seq, step, usage_id, model, prompt_tokens, completion_tokens, cache_read_tokens,
        cache_creation_tokens, cost_nano_usd, created_at
-  FROM turnstore_usage WHERE turn_id = :turn_id AND usage_id = :usage_id;
+  FROM turnstore_usage
+ WHERE conversation_id = :conversation_id AND turn_id = :turn_id AND usage_id = :usage_id;
 
 -- name: usage_of_turn
+-- By turn id alone: the turn's conversation first (the key of usage starts with it).
 SELECT seq, step, usage_id, model, prompt_tokens, completion_tokens, cache_read_tokens,
        cache_creation_tokens, cost_nano_usd, created_at
-  FROM turnstore_usage WHERE turn_id = :turn_id ORDER BY seq;
+  FROM turnstore_usage
+ WHERE conversation_id = (SELECT t.conversation_id FROM turnstore_turns t
+                           WHERE t.id = :turn_id LIMIT 1)
+   AND turn_id = :turn_id
+ ORDER BY seq;
 
 -- name: usage_by_turn
 -- Sums per turn, for the turns whose user message is at :from_position or later (a

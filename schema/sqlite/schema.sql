@@ -95,12 +95,14 @@ CREATE TABLE turnstore_session_writes (
     PRIMARY KEY (conversation_id, write_id)
 );
 
-CREATE TABLE turnstore_staged_steps (
-    turn_id     TEXT    NOT NULL REFERENCES turnstore_turns (id),
-    step        INTEGER NOT NULL CHECK (step >= 1),
-    payload     TEXT    NOT NULL CHECK (json_valid(payload)),
-    updated_at  REAL    NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
-    PRIMARY KEY (turn_id, step)
+CREATE TABLE "turnstore_staged_steps" (
+    conversation_id TEXT    NOT NULL,
+    turn_id         TEXT    NOT NULL,
+    step            INTEGER NOT NULL CHECK (step >= 1),
+    payload         TEXT    NOT NULL CHECK (json_valid(payload)),
+    updated_at      REAL    NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
+    PRIMARY KEY (conversation_id, turn_id, step),
+    FOREIGN KEY (turn_id, conversation_id) REFERENCES turnstore_turns (id, conversation_id)
 );
 
 CREATE TABLE turnstore_turns (
@@ -125,7 +127,7 @@ CREATE TABLE turnstore_turns (
     UNIQUE (conversation_id, idempotency_key)
 );
 
-CREATE TABLE turnstore_usage (
+CREATE TABLE "turnstore_usage" (
     turn_id               TEXT    NOT NULL,
     seq                   INTEGER NOT NULL CHECK (seq >= 1),
     conversation_id       TEXT    NOT NULL,
@@ -138,8 +140,8 @@ CREATE TABLE turnstore_usage (
     cache_creation_tokens INTEGER NOT NULL DEFAULT 0 CHECK (cache_creation_tokens >= 0),
     cost_nano_usd         INTEGER CHECK (cost_nano_usd >= 0),
     created_at            REAL    NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
-    PRIMARY KEY (turn_id, seq),
-    UNIQUE (turn_id, usage_id),
+    PRIMARY KEY (conversation_id, turn_id, seq),
+    UNIQUE (conversation_id, turn_id, usage_id),
     FOREIGN KEY (turn_id, conversation_id)
         REFERENCES turnstore_turns (id, conversation_id) ON DELETE CASCADE
 );

@@ -136,8 +136,10 @@ class Backend(ABC):
                 error=end.error,
             )
             if not touched:
-                return Ended(await refusal(tx, end.turn_id))
-            await tx.run("drop_staged_steps", turn_id=end.turn_id)
+                return Ended(await refusal(tx, end.turn_id, end.conversation_id))
+            await tx.run(
+                "drop_staged_steps", turn_id=end.turn_id, conversation_id=end.conversation_id
+            )
             return Ended(None, await hand_over(tx, end))
 
         return await self.transaction(end.conversation_id, work)

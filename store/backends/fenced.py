@@ -19,12 +19,12 @@ async def commit_step_in(tx: Tx, step: StepWrite) -> str | None:
         lease_seconds=step.lease_seconds,
     )
     if touched != 1:
-        return await refusal(tx, step.turn_id)
+        return await refusal(tx, step.turn_id, step.conversation_id)
     await tx.run_many("insert_message", step.message_rows())
     return None
 
 
-async def refusal(tx: Tx, turn_id: str) -> str:
+async def refusal(tx: Tx, turn_id: str, conversation_id: str) -> str:
     """Why a fenced write on ``turn_id`` touched nothing: ``'<status>:<steps>'``."""
-    state = await tx.one("turn_state", turn_id=turn_id)
+    state = await tx.one("turn_state", turn_id=turn_id, conversation_id=conversation_id)
     return f"{state.status}:{state.steps}" if state else "missing:-1"

@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import TextClause
 
-from .. import sql
+from .. import citus, sql
 from ..group_commit import GroupCommit
 from ..schema_window import SchemaState, from_rows
 from . import postgres_migrate
@@ -43,6 +43,8 @@ T = TypeVar("T")
 Write = ClaimRequest | StepWrite | TurnEnd
 
 _APPLY = "SELECT * FROM turnstore_apply($1::turnstore_write[])"
+#: On Citus: the writes of one conversation, run on the node that holds it (store/citus.py)
+_APPLY_CONVERSATION = "SELECT * FROM turnstore_apply_conversation($1, $2::turnstore_write[])"
 IDLE_IN_TRANSACTION_TIMEOUT = "10s"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -223,6 +225,9 @@ class PostgresBackend(Backend):
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = anyio.Lock()
+        #: the tables are sharded by conversation (Citus: store/citus.py), found when the
+        #: store opens (``migrate`` or ``applied_versions``)
+        self.sharded = False
         self._writes: GroupCommit[Write, Any] = GroupCommit(
             self._apply,
             is_connection_error=self.is_connection_error_anywhere,
@@ -299,12 +304,56 @@ class PostgresBackend(Backend):
     def group_commit(self) -> GroupCommit[Any, Any]:
         return self._writes
 
+    def _set_sharded(self, sharded: bool) -> None:
+        """On Citus, a batch of writes is the writes of one conversation, one call that
+        runs on the node holding it (store/citus.py, docs/scaling.md): batches of one
+        write (two writes of a conversation are never in flight at once), as many in
+        flight as the pool has connections."""
+        if sharded == self.sharded:
+            return
+        self.sharded = sharded
+        if sharded:
+            self._writes = GroupCommit(
+                self._apply,
+                is_connection_error=self.is_connection_error_anywhere,
+                max_concurrent=max(1, self._pool_size),
+                max_batch=1,
+                conflict_key=_lock_key_of,
+            )
+
     async def transaction(self, conversation_id: str, work: TxWork[T], *, linger: float = 0.0) -> T:
         # The general path (rare: recovery, polls, checkpoints) is not batched: no linger.
+        if self.sharded:
+            return await self._sharded_transaction(conversation_id, work)
         async with _connected(self.engine) as conn, conn.begin():
             tx = EngineTx(conn, self.statements)
             await tx.scalar("lock_conversation", lock_key=self.lock_key(conversation_id))
             return await work(tx)
+
+    async def _sharded_transaction(self, conversation_id: str, work: TxWork[T]) -> T:
+        """The general path on Citus: the conversation's lock taken on the node that holds
+        it (turnstore_lock, force-delegated), and a worker's refusal at COMMIT raised as
+        PostgreSQL raises it on one server (``citus.CommitRefusals``)."""
+        refusals = citus.CommitRefusals()
+        async with _connected(self.engine) as conn:
+            driver = await self._driver(conn)
+            driver.add_log_listener(refusals)
+            try:
+                async with conn.begin():
+                    tx = EngineTx(conn, self.statements)
+                    await tx.scalar(
+                        "lock_conversation_sharded",
+                        conversation_id=conversation_id,
+                        lock_key=self.lock_key(conversation_id),
+                    )
+                    return await work(tx)
+            except Exception as exc:
+                refused = refusals.refusal(exc)
+                if refused is None:
+                    raise
+            finally:
+                driver.remove_log_listener(refusals)
+        raise refused from None
 
     async def history_rows(self, conversation_id: str, last: int | None) -> Sequence[Any]:
         return await self._call(  # type: ignore[no-any-return]
@@ -339,16 +388,37 @@ class PostgresBackend(Backend):
         """One batch of writes in one autocommit call: the function is the transaction
         (behind PgBouncer, inside BEGIN and COMMIT, which set the session's settings)."""
         records = [as_record(w) for w in writes]
-        async with self._hot_connection() as conn:
-            if self.pgbouncer:
-                async with _transaction(conn):
+        if self.sharded:
+            rows = await self._apply_sharded(writes[0].conversation_id, records)
+        else:
+            async with self._hot_connection() as conn:
+                if self.pgbouncer:
+                    async with _transaction(conn):
+                        rows = await conn.fetch(_APPLY, records)
+                else:
                     rows = await conn.fetch(_APPLY, records)
-            else:
-                rows = await conn.fetch(_APPLY, records)
         answers: list[Any] = [None] * len(writes)
         for row in rows:
             answers[row[0] - 1] = row
         return answers
+
+    async def _apply_sharded(self, conversation_id: str, records: list[Any]) -> Any:
+        """The writes of one conversation, in one call run on the node that holds it."""
+        refusals = citus.CommitRefusals()
+        async with self._hot_connection() as conn:
+            conn.add_log_listener(refusals)
+            try:
+                if self.pgbouncer:
+                    async with _transaction(conn):
+                        return await conn.fetch(_APPLY_CONVERSATION, conversation_id, records)
+                return await conn.fetch(_APPLY_CONVERSATION, conversation_id, records)
+            except Exception as exc:
+                refused = refusals.refusal(exc)
+                if refused is None:
+                    raise
+            finally:
+                conn.remove_log_listener(refusals)
+        raise refused from None
 
     async def _driver(self, conn: Any) -> asyncpg.Connection:
         raw = await conn.get_raw_connection()
@@ -384,7 +454,9 @@ class PostgresBackend(Backend):
             if exists is None:
                 return SchemaState()
             rows = await conn.execute(text("SELECT * FROM turnstore_migrations"))
-            return from_rows([dict(r._mapping) for r in rows])
+            state = from_rows([dict(r._mapping) for r in rows])
+            self._set_sharded(await citus.is_sharded(await self._driver(conn)))
+            return state
 
     async def migrate(
         self,
@@ -396,8 +468,9 @@ class PostgresBackend(Backend):
     ) -> list[int]:
         try:
             async with self.engine.connect() as conn:
-                return await postgres_migrate.migrate(
-                    await self._driver(conn),
+                driver = await self._driver(conn)
+                applied = await postgres_migrate.migrate(
+                    driver,
                     schema=self.schema,
                     lock=lock_key(self.namespace, "migrations"),
                     pgbouncer=self.pgbouncer,
@@ -406,11 +479,26 @@ class PostgresBackend(Backend):
                     lock_timeout=lock_timeout,
                     attempts=attempts,
                 )
+                await self._distribute(driver, applied)
+                return applied
         except Exception as exc:
             refused = _refused_parameter(exc, self.pgbouncer)
             if refused is None:
                 raise
         raise ValueError(refused)  # outside the handler, as in applied_versions
+
+    async def _distribute(self, driver: asyncpg.Connection, applied: list[int]) -> None:
+        """On a Citus coordinator, the tables distributed by conversation once the schema
+        has every migration through ``citus.SHARDABLE_FROM`` (whose keys all name the
+        conversation; the migrations ran on the tables as on one server). A schema
+        migrated only partway (``migrate --to``) stays on the coordinator."""
+        if await citus.has_citus(driver):
+            state = await postgres_migrate.read_state(driver)
+            if state.version >= citus.SHARDABLE_FROM and (
+                applied or not await citus.is_sharded(driver)
+            ):
+                await citus.distribute(driver)
+        self._set_sharded(await citus.is_sharded(driver))
 
     def is_connection_error(self, exc: BaseException) -> bool:
         # InternalClientError: asyncpg reports a pooled connection that the server terminated

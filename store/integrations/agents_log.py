@@ -381,7 +381,7 @@ class _Work:
         if last is not None:
             self.position, self.rows = last.position + 1, True
         if self.own is not None:
-            state = await tx.one("turn_state", turn_id=self.own.turn_id)
+            state = await tx.one("turn_state", turn_id=self.own.turn_id, conversation_id=cid)
             if state is None:
                 return NotRunning("missing:-1")
             if state.status != "running" or state.epoch != self.own.epoch:
@@ -392,7 +392,7 @@ class _Work:
         if head is not None:
             if head.status != "running" or not is_implicit(head.id):
                 return Busy()
-            state = await tx.one("turn_state", turn_id=head.id)
+            state = await tx.one("turn_state", turn_id=head.id, conversation_id=cid)
             self.turn = _TurnRef(head.id, state.epoch, state.steps, True, True)
         elif last is not None and is_implicit(last.turn_id) and last.status == "finished":
             self.turn = _TurnRef(last.turn_id, last.epoch, last.steps, True, False)
@@ -403,7 +403,9 @@ class _Work:
         turn = self.turn
         if turn is None or not turn.running:
             return None
-        payload = await self.tx.scalar("staged_step", turn_id=turn.id, step=turn.steps + 1)
+        payload = await self.tx.scalar(
+            "staged_step", turn_id=turn.id, conversation_id=self.cid, step=turn.steps + 1
+        )
         data = json.loads(payload) if isinstance(payload, str | bytes) else payload
         if not isinstance(data, dict) or not data.get(STAGED_FLAG):
             return None
@@ -518,7 +520,7 @@ class _Work:
         turn.steps += 1
         self.position += 1 + len(write.call_ids)
         if draft.staged:
-            await self.tx.run("drop_staged_steps", turn_id=turn.id)
+            await self.tx.run("drop_staged_steps", turn_id=turn.id, conversation_id=self.cid)
 
     async def stage(self, draft: StepDraft) -> None:
         """Keep a step whose calls wait for outputs with its turn, which runs meanwhile."""
@@ -535,9 +537,13 @@ class _Work:
             epoch=turn.epoch,
             lease_seconds=lease,
         ):
-            raise _Refused(await refusal(self.tx, turn.id))
+            raise _Refused(await refusal(self.tx, turn.id, self.cid))
         await self.tx.run(
-            "stage_step", turn_id=turn.id, step=turn.steps + 1, payload=draft.payload()
+            "stage_step",
+            turn_id=turn.id,
+            conversation_id=self.cid,
+            step=turn.steps + 1,
+            payload=draft.payload(),
         )
         self.pending_left = True
 
@@ -555,7 +561,7 @@ class _Work:
             status="finished",
             error=None,
         )
-        await tx.run("drop_staged_steps", turn_id=turn.id)
+        await tx.run("drop_staged_steps", turn_id=turn.id, conversation_id=self.cid)
         turn.running = False
         if hand_over:
             end = TurnEnd(
@@ -581,7 +587,7 @@ class _Work:
                 await self.commit(seg)
             elif seg.staged:  # everything staged was popped
                 turn = await self._ensure_turn()
-                await self.tx.run("drop_staged_steps", turn_id=turn.id)
+                await self.tx.run("drop_staged_steps", turn_id=turn.id, conversation_id=self.cid)
 
     async def settle(self) -> Done:
         """End the write: an implicit turn with nothing staged is finished (and the

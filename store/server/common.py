@@ -248,7 +248,12 @@ async def turn_response(service: ServiceState, tenant: Tenant, turn_id: str) -> 
 async def _staged_json(store: Store, info: TurnInfo) -> dict[str, Any] | None:
     async def read() -> Any:
         async with store._backend.read() as tx:
-            return await tx.scalar("staged_step", turn_id=info.id, step=info.steps + 1)
+            return await tx.scalar(
+                "staged_step",
+                turn_id=info.id,
+                conversation_id=info.conversation_id,
+                step=info.steps + 1,
+            )
 
     payload = await store._backend.retrying(read, write=False)
     if payload is None:

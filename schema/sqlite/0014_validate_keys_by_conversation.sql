@@ -1,0 +1,5 @@
+-- turnstore schema, version 14, SQLite: nothing changes. PostgreSQL validates the check
+-- and the foreign key that 12 added NOT VALID; SQLite has neither (15 rebuilds the table
+-- with them).
+--
+-- turnstore: expand
