@@ -20,6 +20,9 @@ from store import (
 from .conftest import Target
 from .helpers import assert_clean, step
 
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
+
 
 async def test_a_turn_writes_user_message_steps_and_final_answer(store: Store) -> None:
     turn = await store.begin_turn("c", "build a page")

@@ -15,6 +15,8 @@ from .helpers import assert_clean, count_rows, step, wait_queued
 
 # also on PostgreSQL with the Python claim rules (tests/conftest.py)
 BOTH_CLAIM_PATHS = True
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
 
 
 async def test_fifty_concurrent_submits_with_one_key_make_one_turn(

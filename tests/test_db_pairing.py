@@ -9,6 +9,9 @@ from store.backends.tx import Tx
 
 from .conftest import Target
 
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
+
 TURN = """
 INSERT INTO turnstore_conversations (id) VALUES ('c');
 INSERT INTO turnstore_turns (id, conversation_id, content_hash, status, lease_owner,
@@ -51,7 +54,7 @@ def tx(*statements: str) -> str:
 
 
 async def _setup(target: Target, store: Store) -> None:
-    await target.raw_execute(PG_TURN if target.kind == "postgres" else TURN)
+    await target.raw_execute(PG_TURN if target.dialect == "postgres" else TURN)
 
 
 async def test_valid_raw_sql_is_accepted_in_any_row_order(target: Target, store: Store) -> None:
@@ -130,7 +133,7 @@ async def test_committed_history_is_append_only(
 
 async def test_a_second_running_turn_is_refused(target: Target, store: Store) -> None:
     turn = await store.begin_turn("c", "go")
-    now = "now()" if target.kind == "postgres" else "0"
+    now = "now()" if target.dialect == "postgres" else "0"
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         await target.raw_execute(
             "INSERT INTO turnstore_turns (id, conversation_id, content_hash, status, "

@@ -16,6 +16,9 @@ from store import ConversationInUse, LeaseLost, Store, hooks
 from .conftest import Target
 from .helpers import assert_clean, count_rows, step
 
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
+
 TABLES = (
     "turnstore_messages",
     "turnstore_turns",
@@ -30,13 +33,7 @@ async def _rows(store: Store, conversation_id: str) -> dict[str, int]:
     found = {}
     async with hooks.backend(store).engine.connect() as conn:
         for table in TABLES:
-            if table == "turnstore_staged_steps":
-                query = (
-                    "SELECT count(*) FROM turnstore_staged_steps s JOIN turnstore_turns t"
-                    " ON t.id = s.turn_id WHERE t.conversation_id = :c"
-                )
-            else:
-                query = f"SELECT count(*) FROM {table} WHERE conversation_id = :c"
+            query = f"SELECT count(*) FROM {table} WHERE conversation_id = :c"
             found[table] = (await conn.execute(text(query), {"c": conversation_id})).scalar()
         conversations = await conn.execute(
             text("SELECT count(*) FROM turnstore_conversations WHERE id = :c"),

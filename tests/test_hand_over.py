@@ -17,6 +17,8 @@ from .helpers import SLOW_POLLS, assert_clean, count_rows, step, wait_queued
 
 # also on PostgreSQL with the Python claim rules (tests/conftest.py)
 BOTH_CLAIM_PATHS = True
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
 
 
 async def _status(store: Store, turn_id: str) -> str:

@@ -14,6 +14,9 @@ from store.messages import INTERRUPTED
 
 from .helpers import assert_clean, count_rows
 
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
+
 CASES = 250
 
 

@@ -15,6 +15,8 @@ from .helpers import assert_clean, count_rows, step
 
 # also on PostgreSQL with the Python claim rules (tests/conftest.py)
 BOTH_CLAIM_PATHS = True
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
 
 SHORT = StoreConfig(lease_seconds=0.3, poll_max_seconds=0.02)
 

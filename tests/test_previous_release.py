@@ -4,11 +4,14 @@ the release before).
 
 The previous release is the library as of the commit before the newest migration was
 added (``git archive`` of its ``store/`` and ``schema/`` into a temporary directory), run
-in a subprocess with that directory first on PYTHONPATH, on a database migrated to the
-current version by this code. It double-submits (with a key, and without), commits steps,
-ends its turns; this code then reads it all back, finds pairing and idempotency held, and
-continues the conversation. The test needs the repository's git history: run from a
-tarball, it fails saying so (it never skips)."""
+in a subprocess with that directory first on PYTHONPATH, on a database migrated by this
+code as far as that release is promised: every migration but the contract ones that no
+longer serve it (``code from K`` with K newer than the previous release's version, which
+a deploy applies only once its processes are gone: docs/operations.md). It
+double-submits (with a key, and without), commits steps, ends its turns; this code then
+reads it all back, finds pairing and idempotency held, and continues the conversation.
+The test needs the repository's git history: run from a tarball, it fails saying so (it
+never skips)."""
 
 from __future__ import annotations
 
@@ -74,21 +77,42 @@ def _unpack(commit: str, into: Path) -> None:
         tar.extractall(into, filter="data")
 
 
-def test_the_previous_release_is_older_code() -> None:
-    commit = previous_release()
+def previous_version(commit: str) -> int:
+    """The previous release's version: its newest migration."""
     files = _git("ls-tree", "--name-only", f"{commit}:schema/postgres").split()
-    versions = [int(f[:4]) for f in files if f[:4].isdigit()]
-    assert max(versions) < sql.code_version("postgres")
+    return max(int(f[:4]) for f in files if f[:4].isdigit())
+
+
+def promised(dialect: str, previous: int) -> tuple[sql.Migration, ...]:
+    """This code's migrations that a database still serving code of version ``previous``
+    has: all but the contract ones whose code floor is newer than it."""
+    return tuple(
+        m
+        for m in sql.migrations(dialect)
+        if not (m.kind == "contract" and (m.code_from or 0) > previous)
+    )
+
+
+def test_the_previous_release_is_older_code() -> None:
+    assert previous_version(previous_release()) < sql.code_version("postgres")
+
+
+def test_the_promised_schema_is_what_this_code_needs_at_least() -> None:
+    previous = previous_version(previous_release())
+    for dialect in ("sqlite", "postgres"):
+        versions = [m.version for m in promised(dialect, previous)]
+        assert max(versions) >= sql.needed_version(dialect)
 
 
 async def test_the_previous_release_writes_against_the_current_schema(
     target: Target, tmp_path: Path
 ) -> None:
     old = tmp_path / "previous"
-    _unpack(previous_release(), old)
+    commit = previous_release()
+    _unpack(commit, old)
     backend = make_backend(target.url, schema=target.schema)
     try:
-        await backend.migrate()
+        await backend.migrate(known=promised(backend.dialect, previous_version(commit)))
     finally:
         await backend.close()
 

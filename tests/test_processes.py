@@ -7,12 +7,16 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 
 from store import StoreConfig
 from store.messages import INTERRUPTED
 
 from .conftest import Target
 from .helpers import assert_clean
+
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
 
 WORKER = str(Path(__file__).with_name("proc_worker.py"))
 ROOT = str(Path(__file__).parents[1])

@@ -21,6 +21,9 @@ from store.turn import StepBuffer
 from .conftest import OpenStore
 from .helpers import assert_clean, step
 
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
+
 
 async def test_a_resumed_handle_writes_on_where_the_first_left_off(
     store: Store, open_store: OpenStore

@@ -10,10 +10,11 @@ import asyncpg
 import pytest
 from sqlalchemy import inspect
 
-from store import SchemaError, Store, hooks, sql
+from store import SchemaError, Store, StoreConfig, hooks, sql
 from store.store import make_backend
 
 from .conftest import Target, asyncpg_dsn
+from .helpers import assert_clean
 
 # SQLite's child-key indexes for its foreign-key checks (sqlite/0004_child_key_indexes.sql);
 # PostgreSQL never looks foreign keys up from the child side on insert.
@@ -64,6 +65,7 @@ def _shape(sync_conn: Any) -> dict[str, Any]:
 
 
 async def _schema_of(target: Target) -> dict[str, Any]:
+    await target.migrate()  # contract migrations too
     store = await target.open()
     try:
         async with hooks.backend(store).engine.connect() as conn:
@@ -91,6 +93,13 @@ async def test_both_dialects_hold_the_same_tables_and_constraints(
         # version 11: usage reports (tokens and cost) per turn and step
         "turnstore_usage",
     }
+    # The one difference: PostgreSQL's turns are keyed by (id, conversation_id) alone, the
+    # unique key they always had, so that they can be sharded by conversation; SQLite's keep
+    # their primary key on id too (sqlite/0015_keys_by_conversation_contract.sql).
+    assert postgres_shape["turnstore_turns"]["primary_key"] == []
+    assert sqlite_shape["turnstore_turns"]["primary_key"] == ["id"]
+    assert ("id", "conversation_id") in postgres_shape["turnstore_turns"]["unique"]
+    sqlite_shape["turnstore_turns"]["primary_key"] = []
     assert sqlite_shape == postgres_shape
     messages = postgres_shape["turnstore_messages"]
     assert len(messages["foreign_keys"]) == 4  # turn + the three pairing/density keys
@@ -108,8 +117,13 @@ def test_migrations_are_numbered_in_order_for_both_dialects() -> None:
 
 def test_both_dialects_define_the_same_queries() -> None:
     postgres = set(sql.queries("postgres"))
-    # PostgreSQL only: its advisory lock, and history in one statement for asyncpg
-    assert postgres - set(sql.queries("sqlite")) == {"lock_conversation", "history_window_driver"}
+    # PostgreSQL only: its advisory lock (on one server, and on the node holding the
+    # conversation when sharded), and history in one statement for asyncpg
+    assert postgres - set(sql.queries("sqlite")) == {
+        "lock_conversation",
+        "lock_conversation_sharded",
+        "history_window_driver",
+    }
     assert set(sql.queries("sqlite")) <= postgres
 
 
@@ -160,3 +174,76 @@ async def test_large_messages_are_compressed_with_lz4_where_the_server_has_it(
     assert {r["attname"]: r["attcompression"] for r in rows} == {
         "content": expected, "tool_arguments": expected, "tool_call_data": expected,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("deploy", ["during", "after"])
+async def test_a_version_11_database_migrates_with_nothing_lost(
+    target: Target, monkeypatch: pytest.MonkeyPatch, deploy: str
+) -> None:
+    """Versions 12 to 15 re-key staged steps and usage by conversation: a database of
+    version 11 with a checkpointed turn and usage keeps every row, and its staged step takes
+    its turn's conversation (the turn that takes over commits it). During a deploy the
+    schema is at 14 (15, a contract migration, waits until no process of release 11 runs),
+    where release 11's code still inserts a staged step without its conversation: 12's
+    trigger gives it its turn's, and this code runs there. After it, every migration."""
+    every = sql.migrations(target.dialect)
+    monkeypatch.setattr(sql, "migrations", lambda dialect: every[:11])
+    old = await target.open(config=StoreConfig(lease_seconds=0.3))
+    try:
+        assert await hooks.backend(old).applied_versions() == list(range(1, 12))
+    finally:
+        await old.close()
+    monkeypatch.setattr(sql, "migrations", lambda dialect: every)
+    now = "now()" if target.dialect == "postgres" else "0"
+    payload = (
+        '{"content": [{"type": "text", "text": "half way"}], "calls": [{"id": "k", '
+        '"name": "insertHtml", "arguments": {}, "provider_data": null}], '
+        '"results": [{"call_id": "k", "content": "ran", "is_error": false}]}'
+    )
+    await target.raw_execute(
+        "INSERT INTO turnstore_conversations (id, epoch) VALUES ('c', 1)",
+        "INSERT INTO turnstore_turns (id, conversation_id, content_hash, status, epoch, "
+        f"lease_owner, lease_expires_at) VALUES ('t1', 'c', 'h', 'running', 1, 'gone', {now})",
+        "INSERT INTO turnstore_messages (conversation_id, position, role, turn_id, step, "
+        "step_position, tool_call_count, content) VALUES ('c', 0, 'user', 't1', 0, 0, 0, '[]')",
+        "INSERT INTO turnstore_usage (turn_id, seq, conversation_id, usage_id, prompt_tokens) "
+        "VALUES ('t1', 1, 'c', 'u1', 7)",
+    )
+    # release 11's staged step: no conversation, its upsert on (turn_id, step)
+    staged_by_release_11 = (
+        "INSERT INTO turnstore_staged_steps (turn_id, step, payload) "
+        f"VALUES ('t1', 1, '{payload}') ON CONFLICT (turn_id, step) DO UPDATE "
+        "SET payload = excluded.payload"
+    )
+    if deploy == "during":
+        backend = make_backend(target.url, schema=target.schema)
+        try:
+            await backend.migrate(upto=sql.needed_version(target.dialect))
+        finally:
+            await backend.close()
+        await target.raw_execute(staged_by_release_11)
+        versions = [m.version for m in every if m.version <= sql.needed_version(target.dialect)]
+    else:
+        await target.raw_execute(staged_by_release_11)
+        await target.migrate()
+        versions = [m.version for m in every]
+    store = await target.open(config=StoreConfig(lease_seconds=30), migrate=False)
+    try:
+        assert await hooks.backend(store).applied_versions() == versions
+        async with hooks.backend(store).read() as tx:
+            staged = await tx.scalar("staged_step", conversation_id="c", turn_id="t1", step=1)
+            usage = await tx.all("usage_of_turn", turn_id="t1")
+        assert staged is not None
+        assert [(u.usage_id, u.prompt_tokens) for u in usage] == [("u1", 7)]
+        successor = await store.begin_turn("c", "next")  # takes over t1, commits its step
+        await successor.finish()
+        roles = [(m.role, m.turn_id) for m in await store.history("c")]
+        assert roles == [
+            ("user", "t1"),
+            ("assistant", "t1"),
+            ("tool", "t1"),
+            ("user", successor.id),
+        ]
+        await assert_clean(store)
+    finally:
+        await store.close()

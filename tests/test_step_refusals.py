@@ -16,6 +16,9 @@ from store.messages import INTERRUPTED
 from .conftest import OpenStore
 from .helpers import assert_clean
 
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
+
 
 async def test_a_refused_call_keeps_the_steps_checkpointed_work(store: Store) -> None:
     turn = await store.begin_turn("c", "build the page")
@@ -156,7 +159,7 @@ async def test_a_staged_step_with_a_reused_call_id_does_not_brick_the_conversati
     )
 
     async def stage(tx: Any) -> None:  # as an older version staged it, unchecked
-        await tx.run("stage_step", turn_id=turn.id, step=1, payload=payload)
+        await tx.run("stage_step", turn_id=turn.id, conversation_id="c", step=1, payload=payload)
 
     await hooks.backend(store).transaction("c", stage)
     await anyio.sleep(0.5)  # the lease runs out: the owner is gone

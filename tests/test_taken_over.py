@@ -20,6 +20,8 @@ from .helpers import assert_clean, wait_queued
 
 # also on PostgreSQL with the Python claim rules (tests/conftest.py)
 BOTH_CLAIM_PATHS = True
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
 
 LEASE = 1.0
 

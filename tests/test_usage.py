@@ -13,6 +13,9 @@ from store.usage import sum_records
 from .conftest import OpenStore, Target
 from .helpers import assert_clean, step
 
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
+
 
 async def test_reports_are_summed_per_turn_and_per_conversation(store: Store) -> None:
     first = await store.begin_turn("c", "one")

@@ -18,6 +18,9 @@ from store.replay.readers import from_stored_messages
 from ..conftest import Target
 from .rules import CHECKERS, pair_counts
 
+# the core tests: also on the Citus cluster (tests/conftest.py)
+pytestmark = pytest.mark.citus
+
 
 async def _write_conversation(store: Store) -> None:
     for t in range(3):
