@@ -86,8 +86,8 @@ async def is_sharded(conn: asyncpg.Connection) -> bool:
 
 
 async def distribute(conn: asyncpg.Connection) -> None:
-    """Distribute the tables and functions not distributed yet, inside the migration's
-    transaction (after its migrations). Idempotent."""
+    """Distribute the tables and functions not distributed yet, inside a transaction
+    holding the migration lock (after the migrations). Idempotent."""
     # DDL, distribution and data copies in one transaction: one connection per worker
     # (Citus refuses some DDL after a parallel multi-shard command in the same transaction)
     await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")

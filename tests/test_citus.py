@@ -29,10 +29,10 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from store import Store, StoreConfig
-from store.backends.base import Tx
-from store.claim import recover_expired
+from store import Store, StoreConfig, hooks
+from store.backends.tx import Tx
 from store.errors import IntegrityViolation
+from store.recovery import recover_expired
 
 from .conftest import CITUS_URL, Target, _citus_target, asyncpg_dsn, on_postgres
 from .helpers import assert_clean, step, wait_queued, wait_until
@@ -144,7 +144,7 @@ class Pause:
         self.paused = False
         self.in_flight = 0
         self.resumed = anyio.Event()
-        backend = store.backend
+        backend = hooks.backend(store)
         real_claim_fast, real_transaction = backend.claim_fast, backend.transaction
 
         async def claim_fast(request: Any, **kw: Any) -> Any:
@@ -194,8 +194,8 @@ async def test_every_write_path_locks_the_conversation_on_its_worker(
     a = await _open(citus)
     b = await _open(citus)
     try:
-        assert a.backend.sharded and b.backend.sharded  # type: ignore[attr-defined]
-        nodes = Nodes(citus, cid, a.backend.lock_key(cid))
+        assert hooks.backend(a).sharded and hooks.backend(b).sharded  # type: ignore[attr-defined]
+        nodes = Nodes(citus, cid, hooks.backend(a).lock_key(cid))
         # the shard group exists before the conversation's first row: its node is known
         await nodes.find_worker()
         seen: dict[str, Where] = {}
@@ -243,7 +243,7 @@ async def test_every_write_path_locks_the_conversation_on_its_worker(
             await stopping.close()
         await wait_expired(a, cid)
         seen["takeover (recovery)"], taken = await nodes.probe(
-            lambda: b.backend.transaction(cid, lambda tx: recover_expired(b, tx, cid))
+            lambda: hooks.backend(b).transaction(cid, lambda tx: recover_expired(b.config, tx, cid))
         )
         assert taken == [third.id]
         # takeover inside a claim: a lease that ran out, no checkpoint
@@ -269,7 +269,7 @@ async def wait_expired(store: Store, conversation_id: str) -> None:
     """Until no live turn of the conversation holds an unexpired lease."""
     with anyio.fail_after(30):
         while True:
-            async with store.backend.read() as tx:
+            async with hooks.backend(store).read() as tx:
                 head = await tx.one("queue_head", conversation_id=conversation_id)
             if head is None or head.stale:
                 return
@@ -283,10 +283,10 @@ async def test_a_lock_taken_as_on_one_server_is_taken_on_the_coordinator(citus: 
     cid = "conversation-on-a-worker"
     store = await _open(citus)
     try:
-        key = store.backend.lock_key(cid)
+        key = hooks.backend(store).lock_key(cid)
         nodes = Nodes(citus, cid, key)
         await nodes.find_worker()
-        backend = store.backend
+        backend = hooks.backend(store)
         engine = backend.engine
 
         async def as_on_one_server() -> None:
@@ -316,10 +316,10 @@ async def test_a_pairing_refusal_on_a_worker_is_an_integrity_violation(citus: Ta
             )  # fmt: skip
 
         with pytest.raises(Exception) as refused:
-            await store.backend.transaction("c", unanswered_call)
+            await hooks.backend(store).transaction("c", unanswered_call)
         assert isinstance(refused.value, asyncpg.ForeignKeyViolationError), refused.value
         assert "could not commit transaction" in str(refused.value)
-        translated = store.backend.translate(refused.value)
+        translated = hooks.backend(store).translate(refused.value)
         assert isinstance(translated, IntegrityViolation)
         assert [m.role for m in await store.history("c")] == ["user"]
         await turn.commit_step(*step("a", 1))

@@ -490,9 +490,15 @@ class PostgresBackend(Backend):
     async def _distribute(self, driver: asyncpg.Connection, applied: list[int]) -> None:
         """On a Citus coordinator, the tables distributed by conversation once the schema
         has every migration through ``citus.SHARDABLE_FROM`` (whose keys all name the
-        conversation; the migrations ran on the tables as on one server). A schema
-        migrated only partway (``migrate --to``) stays on the coordinator."""
-        if await citus.has_citus(driver):
+        conversation; the migrations ran on the tables as on one server), in a transaction
+        holding the migration lock. A schema migrated only partway (``migrate --to``) stays
+        on the coordinator."""
+        if not await citus.has_citus(driver):
+            self._set_sharded(False)
+            return
+        async with postgres_migrate.locked_transaction(
+            driver, lock_key(self.namespace, "migrations")
+        ):
             state = await postgres_migrate.read_state(driver)
             if state.version >= citus.SHARDABLE_FROM and (
                 applied or not await citus.is_sharded(driver)

@@ -222,6 +222,14 @@ class _Pause:
         self._seconds = min(self._seconds * 2, 0.5)
 
 
+def locked_transaction(
+    driver: asyncpg.Connection, lock: int
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """A transaction holding the migration lock, for work a migrator does after the
+    migrations (on Citus, distributing the tables: store/citus.py)."""
+    return _locked_transaction(driver, lock)
+
+
 @asynccontextmanager
 async def _locked_transaction(driver: asyncpg.Connection, lock: int) -> AsyncIterator[None]:
     """A transaction holding the migration lock (``pg_try_advisory_xact_lock``, polled: a
