@@ -29,10 +29,12 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from store import Store, StoreConfig, hooks
+from store import Store, StoreConfig, hooks, sql
+from store import citus as citus_module
 from store.backends.tx import Tx
 from store.errors import IntegrityViolation
 from store.recovery import recover_expired
+from store.store import make_backend
 
 from .conftest import CITUS_URL, Target, _citus_target, asyncpg_dsn, on_postgres
 from .helpers import assert_clean, step, wait_queued, wait_until
@@ -333,6 +335,26 @@ async def test_a_pairing_refusal_on_a_worker_is_an_integrity_violation(citus: Ta
         await assert_clean(store)
     finally:
         await store.close()
+
+
+async def test_a_schema_migrated_partway_stays_on_the_coordinator(citus: Target) -> None:
+    """Distributed only with every migration through citus.SHARDABLE_FROM: at 14 (a deploy
+    from release 11, whose processes still run) the tables stay plain tables."""
+    backend = make_backend(citus.url, schema=citus.schema)
+    try:
+        await backend.migrate(upto=citus_module.SHARDABLE_FROM - 1)
+        conn = await asyncpg.connect(asyncpg_dsn(CITUS_URL))
+        try:
+            await conn.execute(f'SET search_path TO "{citus.schema}"')
+            assert not await citus_module.is_sharded(conn)
+            assert await backend.migrate() == list(
+                range(citus_module.SHARDABLE_FROM, sql.code_version("postgres") + 1)
+            )
+            assert await citus_module.is_sharded(conn)
+        finally:
+            await conn.close()
+    finally:
+        await backend.close()
 
 
 async def test_migrate_distributes_every_table_in_one_shard_group(citus: Target) -> None:

@@ -160,3 +160,18 @@ def test_the_migrate_command_says_which_code_the_schema_serves(
     ]
     assert main(["migrate", "--db", url, "--status"]) == 0
     assert capsys.readouterr().out.splitlines() == out[1:]
+
+
+def test_migrate_to_a_version_applies_the_migrations_up_to_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'to.db'}"
+    needed = sql.needed_version("sqlite")
+    assert main(["migrate", "--db", url, "--to", str(needed)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"applied migrations {list(range(1, needed + 1))}"
+    )
+    assert main(["migrate", "--db", url]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"applied migrations {list(range(needed + 1, CODE + 1))}"
+    )
