@@ -22,12 +22,19 @@ async def _recorded(target: Target) -> dict[int, str | None]:
         await store.close()
 
 
+def _opened(dialect: str) -> dict[int, str | None]:
+    """The checksums of what Store.open(migrate=True) applies: every migration on SQLite,
+    all but trailing contract ones on PostgreSQL."""
+    upto = sql.code_version(dialect) if dialect == "sqlite" else sql.needed_version(dialect)
+    return {m.version: m.checksum for m in sql.migrations(dialect) if m.version <= upto}
+
+
 async def test_checksums_are_recorded_and_an_edited_migration_is_refused(
     target: Target,
 ) -> None:
     recorded = await _recorded(target)
     dialect = "postgres" if target.kind == "postgres" else "sqlite"
-    assert recorded == {m.version: m.checksum for m in sql.migrations(dialect)}
+    assert recorded == _opened(dialect)
 
     # as if 0003 had been edited since: the database's record no longer matches the file
     await target.raw_execute("UPDATE turnstore_migrations SET checksum = 'x' WHERE version = 3")
@@ -40,4 +47,4 @@ async def test_a_database_migrated_before_checksums_adopts_them(target: Target) 
     await target.raw_execute("UPDATE turnstore_migrations SET checksum = NULL")
     recorded = await _recorded(target)  # opening migrates: the checksums are filled in
     dialect = "postgres" if target.kind == "postgres" else "sqlite"
-    assert recorded == {m.version: m.checksum for m in sql.migrations(dialect)}
+    assert recorded == _opened(dialect)

@@ -31,10 +31,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from store import InvalidMessage, LeaseLost, Store, StoreConfig, hooks, sql
+from store import InvalidMessage, LeaseLost, SchemaError, Store, StoreConfig, hooks, sql
 from store.backends.postgres import as_record, pgbouncer_connect_args
 from store.backends.tx import EngineTx, Tx
 from store.soak.pgserver import free_port
+from store.store import make_backend
 
 from .conftest import PG_URL, Target, asyncpg_dsn
 from .helpers import assert_clean, count_rows, step, wait_until
@@ -152,10 +153,22 @@ def pgbouncer() -> Iterator[Bouncer]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+#: The last migration that runs outside a transaction (CREATE INDEX CONCURRENTLY), which
+#: PgBouncer's transaction pooling cannot run: a deploy behind PgBouncer runs
+#: ``python -m store migrate`` against the server directly (docs/operations.md).
+LAST_NO_TRANSACTION = max(m.version for m in sql.migrations("postgres") if not m.transactional)
+
+
 @pytest.fixture
 async def through(pg_target: Target, pgbouncer: Bouncer) -> Target:
-    """This test's fresh schema (``pg_target``: dropped afterwards), reached through
-    PgBouncer."""
+    """This test's fresh schema (``pg_target``: dropped afterwards), migrated directly up
+    to the last no-transaction migration, reached through PgBouncer (the migrations after
+    it run through PgBouncer)."""
+    backend = make_backend(pg_target.url, schema=pg_target.schema)
+    try:
+        await backend.migrate(upto=LAST_NO_TRANSACTION)
+    finally:
+        await backend.close()
     return Target("postgres", pgbouncer.url, pg_target.schema)
 
 
@@ -206,9 +219,12 @@ async def test_pgbouncer_refuses_the_direct_settings_and_the_store_says_what_to_
 async def test_migrate_through_pgbouncer_and_no_session_state_left_behind(
     through: Target, pgbouncer: Bouncer
 ) -> None:
-    store = await through.open()
+    store = await through.open()  # applies what this code needs, through PgBouncer
     try:
+        needed = sql.needed_version("postgres")
+        assert await hooks.backend(store).applied_versions() == list(range(1, needed + 1))
         expected = [m.version for m in sql.migrations("postgres")]
+        assert await store.migrate() == expected[needed:]  # the contract ones, likewise
         assert await hooks.backend(store).applied_versions() == expected
         assert await store.migrate() == []  # nothing left to apply
         turn = await store.begin_turn("c", "hello")
@@ -246,12 +262,20 @@ async def test_migrate_through_pgbouncer_and_no_session_state_left_behind(
 
 
 async def test_concurrent_first_opens_migrate_once_through_pgbouncer(
-    through: Target, pgbouncer: Bouncer
+    through: Target, pgbouncer: Bouncer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Processes starting at once on a new schema: one migrates, the others wait for it
     and find everything done. (Behind PgBouncer a migrator that waited used to try to
-    create the schema again: its catalog cache did not know the schema yet.)"""
-    schemas = [f"{through.schema}_{n}" for n in range(3)]
+    create the schema again: its catalog cache did not know the schema yet.) The
+    migrations are those before the first no-transaction one, which PgBouncer refuses
+    (below)."""
+    schemas = [f"{through.schema}_{n}" for n in range(4)]
+    every = sql.migrations("postgres")
+    with pytest.raises(SchemaError, match="against the PostgreSQL server directly"):
+        await Store.open(through.url, schema=schemas[3])
+    before = tuple(m for m in every if m.version < min(v.version for v in every
+                                                       if not v.transactional))  # fmt: skip
+    monkeypatch.setattr(sql, "migrations", lambda dialect: before)
 
     async def open_at_once(schema: str, processes: int) -> None:
         opened: list[Store] = []
@@ -269,9 +293,9 @@ async def test_concurrent_first_opens_migrate_once_through_pgbouncer(
                 await store.close()
 
     try:
-        for schema in schemas:
+        for schema in schemas[:3]:
             await open_at_once(schema, 4)
-        check = await Store.open(through.url, schema=schemas[-1], migrate=False)
+        check = await Store.open(through.url, schema=schemas[2], migrate=False)
         await check.close()
     finally:
         direct = await asyncpg.connect(asyncpg_dsn(PG_URL))
