@@ -6,6 +6,9 @@ never one they did not start.
         url = pg.url                  # postgresql+asyncpg://postgres@127.0.0.1:PORT/postgres
         pg.restart("immediate")       # or "fast"; pg.stop(...), pg.start()
 
+``settings`` are extra postgresql.conf lines, written once after ``initdb`` (a node of a
+Citus cluster: ``{"shared_preload_libraries": "'citus'"}``, values as the file spells them).
+
 It needs PostgreSQL's server programs (``initdb``, ``pg_ctl``: Debian's postgresql package
 puts them in /usr/lib/postgresql/<version>/bin). Run as root, it runs them as the
 ``postgres`` user, which initdb requires.
@@ -55,9 +58,16 @@ class ThrowawayPostgres:
     of the *server process* (``-m immediate``) is what it simulates, and that loses
     nothing committed with or without fsync; a power loss is not simulated."""
 
-    def __init__(self, *, port: int | None = None, database: str = "postgres") -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        database: str = "postgres",
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.database = database
+        self.settings = dict(settings or {})
         self._dir: Path | None = None
         self._as_postgres = os.geteuid() == 0
 
@@ -110,6 +120,10 @@ class ThrowawayPostgres:
             "UTF8",
             "--no-sync",
         )
+        if self.settings:
+            lines = "".join(f"{name} = {value}\n" for name, value in self.settings.items())
+            with (self.data / "postgresql.conf").open("a") as conf:
+                conf.write(f"\n# --- ThrowawayPostgres settings ---\n{lines}")
         self.start()
 
     def start(self) -> None:
@@ -144,6 +158,10 @@ class ThrowawayPostgres:
 
     def is_running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
+
+    def postmaster_pid(self) -> int:
+        """The running server's process id (its first line of postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
 
     def remove(self) -> None:
         """Stop the server (if it runs) and delete its directory."""
