@@ -188,6 +188,7 @@ async def _sessions(
                 schema=schema if target.backend == "postgres" else None,
                 config=StoreConfig(busy_timeout=300, lease_seconds=60),
             )
+            await store.migrate()  # a scratch schema: every migration (see store_adapter)
             try:
                 yield [TurnstoreSession(f"s{n}", store=store) for n in range(count)]
             finally:

@@ -92,6 +92,10 @@ class StoreAdapter(Adapter[Turn]):
                 pool_size=self.options.pool_size,
                 config=config,
             )
+            # A scratch schema serves no older code: every migration, the contract ones
+            # too, so that on a Citus coordinator its tables are distributed
+            # (Store.open applies only what the code needs: docs/operations.md).
+            await self._store.migrate()
         else:
             self._store = await Store.open(
                 self._target.sqlalchemy_url(schema),
