@@ -37,6 +37,8 @@ from typing import Any
 import asyncpg
 from asyncpg.exceptions._base import PostgresMessageMeta
 
+from .backends.retry import causes
+
 #: The schema version from which the tables are distributed: 15 swapped the last keys
 #: without conversation_id (Citus refuses a primary or unique key without the
 #: distribution column). A schema migrated only to 14 (``migrate --to 14``, while processes
@@ -183,16 +185,8 @@ class CommitRefusals:
 
 
 def _is_commit_failure(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if getattr(current, "sqlstate", None) == "XX000" and "could not commit transaction" in str(
-            current
-        ):
-            return True
-        todo += [getattr(current, "orig", None), current.__cause__, current.__context__]
-    return False
+    return any(
+        getattr(current, "sqlstate", None) == "XX000"
+        and "could not commit transaction" in str(current)
+        for current in causes(exc)
+    )

@@ -4,12 +4,12 @@ touches anything (it must create no file)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from .backends.retry import causes
 from .errors import SchemaError, StoreError
 
 USAGE_ERROR = 2
@@ -17,18 +17,6 @@ USAGE_ERROR = 2
 
 class CommandError(Exception):
     """A mistake on the command line or in its target: printed as one line, exit 2."""
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo += [getattr(current, "orig", None), current.__cause__, current.__context__]
 
 
 def require_existing_sqlite(url: str) -> None:
@@ -51,7 +39,7 @@ def describe(exc: BaseException, url: str | None) -> str | None:
     where = f" at {_safe(url)}" if url else ""
     if isinstance(exc, CommandError):
         return str(exc)
-    for cause in _causes(exc):
+    for cause in causes(exc):
         name = type(cause).__name__
         text = _first_line(cause)
         if name == "InvalidCatalogNameError":
