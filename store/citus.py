@@ -32,6 +32,8 @@ opened there, not the store's: each turnstore function is given its schema's sea
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -182,6 +184,26 @@ class CommitRefusals:
         )
         refused: BaseException = error_class(f"{warning.message} (refused at COMMIT: {exc})")
         return refused
+
+
+@asynccontextmanager
+async def refusals_raised(conn: Any) -> AsyncIterator[None]:
+    """Runs the block with ``conn``'s warnings heard (``CommitRefusals``): a worker's
+    refusal at COMMIT leaves it as the worker's own error, raised outside the handler
+    (no XX000 in its context); any other error leaves as it came."""
+    refusals = CommitRefusals()
+    conn.add_log_listener(refusals)
+    try:
+        yield
+    except Exception as exc:
+        refused = refusals.refusal(exc)
+        if refused is None:
+            raise
+    else:
+        return
+    finally:
+        conn.remove_log_listener(refusals)
+    raise refused from None
 
 
 def _is_commit_failure(exc: BaseException) -> bool:

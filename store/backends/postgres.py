@@ -333,27 +333,19 @@ class PostgresBackend(Backend):
     async def _sharded_transaction(self, conversation_id: str, work: TxWork[T]) -> T:
         """The general path on Citus: the conversation's lock taken on the node that holds
         it (turnstore_lock, force-delegated), and a worker's refusal at COMMIT raised as
-        PostgreSQL raises it on one server (``citus.CommitRefusals``)."""
-        refusals = citus.CommitRefusals()
-        async with _connected(self.engine) as conn:
-            driver = await self._driver(conn)
-            driver.add_log_listener(refusals)
-            try:
-                async with conn.begin():
-                    tx = EngineTx(conn, self.statements)
-                    await tx.scalar(
-                        "lock_conversation_sharded",
-                        conversation_id=conversation_id,
-                        lock_key=self.lock_key(conversation_id),
-                    )
-                    return await work(tx)
-            except Exception as exc:
-                refused = refusals.refusal(exc)
-                if refused is None:
-                    raise
-            finally:
-                driver.remove_log_listener(refusals)
-        raise refused from None
+        PostgreSQL raises it on one server (``citus.refusals_raised``)."""
+        async with (
+            _connected(self.engine) as conn,
+            citus.refusals_raised(await self._driver(conn)),
+            conn.begin(),
+        ):
+            tx = EngineTx(conn, self.statements)
+            await tx.scalar(
+                "lock_conversation_sharded",
+                conversation_id=conversation_id,
+                lock_key=self.lock_key(conversation_id),
+            )
+            return await work(tx)
 
     async def history_rows(self, conversation_id: str, last: int | None) -> Sequence[Any]:
         return await self._call(  # type: ignore[no-any-return]
@@ -404,21 +396,11 @@ class PostgresBackend(Backend):
 
     async def _apply_sharded(self, conversation_id: str, records: list[Any]) -> Any:
         """The writes of one conversation, in one call run on the node that holds it."""
-        refusals = citus.CommitRefusals()
-        async with self._hot_connection() as conn:
-            conn.add_log_listener(refusals)
-            try:
-                if self.pgbouncer:
-                    async with _transaction(conn):
-                        return await conn.fetch(_APPLY_CONVERSATION, conversation_id, records)
-                return await conn.fetch(_APPLY_CONVERSATION, conversation_id, records)
-            except Exception as exc:
-                refused = refusals.refusal(exc)
-                if refused is None:
-                    raise
-            finally:
-                conn.remove_log_listener(refusals)
-        raise refused from None
+        async with self._hot_connection() as conn, citus.refusals_raised(conn):
+            if self.pgbouncer:
+                async with _transaction(conn):
+                    return await conn.fetch(_APPLY_CONVERSATION, conversation_id, records)
+            return await conn.fetch(_APPLY_CONVERSATION, conversation_id, records)
 
     async def _driver(self, conn: Any) -> asyncpg.Connection:
         raw = await conn.get_raw_connection()
